@@ -1,0 +1,44 @@
+"""Run an ipyparallel entry point so that it dies with the kernel that started it.
+
+``python -m kubemagic._guard MODULE [args...]`` arms ``PR_SET_PDEATHSIG`` (SIGKILL) and then
+runs ``python -m MODULE args...`` in the same process. ipyparallel starts its controller and
+local engines with ``start_new_session=True`` so they survive a SIGKILLed kernel and linger
+(engines ~150 s); the death signal makes the kernel's death theirs, immediately, without
+an extra watchdog process.
+
+The kernel must start them from a thread that lives as long as the kernel (the session's
+loop thread): Linux sends the signal when the *thread* that forked the child exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import runpy
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+PARENT_PID_ENV = "KUBEMAGIC_PARENT_PID"
+
+
+def arm_parent_death_signal() -> None:
+    """Ask Linux to SIGKILL us when our parent dies; exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    expected = os.environ.get(PARENT_PID_ENV)
+    if expected and os.getppid() != int(expected):
+        # the parent died between fork and prctl: nobody will signal us
+        os._exit(1)
+
+
+def main() -> None:
+    arm_parent_death_signal()
+    module = sys.argv[1]
+    sys.argv = [module] + sys.argv[2:]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()

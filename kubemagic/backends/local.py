@@ -1,0 +1,141 @@
+"""Local engines: the embedded default when there is no cluster.
+
+Engines are ``ipengine`` processes on this machine, one per slot, each started through
+``kubemagic._guard`` so it dies with the kernel (ipyparallel starts them in a new session,
+where they would otherwise outlive a SIGKILLed kernel by minutes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any
+
+from ipyparallel.cluster.launcher import LocalEngineLauncher, LocalEngineSetLauncher
+from traitlets import default
+
+from .._guard import PARENT_PID_ENV
+from ..errors import UsageError
+from . import ENGINE_INDEX_ENV, BackendSpec
+
+#: ``python -m kubemagic._guard ipyparallel.engine`` — ipengine, tied to the kernel's life
+GUARDED_ENGINE_CMD = [sys.executable, "-m", "kubemagic._guard", "ipyparallel.engine"]
+
+#: options that only mean something on Kubernetes; given with the local backend they are
+#: almost certainly a mistake (the user expected pods), so they are refused, not ignored
+_KUBERNETES_ONLY = {
+    "image", "namespace", "cpu", "memory", "gpu", "node_selector", "tolerations",
+    "service_account", "image_pull_policy", "pod_overrides", "controller_address",
+    "port_range", "active_deadline_seconds", "kubeconfig", "context",
+}
+
+
+def local_backend(**options: Any) -> BackendSpec:
+    """The spec for local engines. Accepts ``env`` (extra engine environment) only."""
+    wrong = sorted(k for k, v in options.items() if k in _KUBERNETES_ONLY and v)
+    if wrong:
+        flags = ", ".join("--" + w.replace("_", "-") for w in wrong)
+        raise UsageError(
+            f"{flags} only apply to engines on Kubernetes, but the backend is local",
+            fix="add --backend kubernetes (and make a kubeconfig or in-cluster config "
+            "available), or drop those options",
+        )
+    unknown = sorted(k for k in options if k not in _KUBERNETES_ONLY and k != "env")
+    if unknown:
+        raise UsageError(
+            f"unknown option(s) {', '.join(unknown)} for the local backend",
+            fix="see help(kubemagic.KubeCluster) for the accepted options",
+        )
+    env = {str(k): str(v) for k, v in (options.get("env") or {}).items()}
+    return BackendSpec(
+        name="local",
+        engine_launcher_class=ScalableLocalEngineSetLauncher,
+        config={"ScalableLocalEngineSetLauncher": {"environment": env}},
+        default_retries=0,
+        start_timeout=60.0,
+    )
+
+
+class ScalableLocalEngineSetLauncher(LocalEngineSetLauncher):
+    """A resizable set of local engines, one process per slot.
+
+    Implements the session's ``ScalableEngineLauncher`` protocol on top of ipyparallel's
+    ``LocalEngineSetLauncher``: each engine gets its slot in ``KUBEMAGIC_ENGINE_INDEX``,
+    engines start without the inherited 0.1 s stagger, and ``scale(n)`` adds or removes
+    slots at the top end.
+    """
+
+    @default("engine_cmd")
+    def _default_engine_cmd(self) -> list[str]:
+        return list(GUARDED_ENGINE_CMD)
+
+    def start(self, n: int) -> list[Any]:
+        self.n = n
+        started = [self._start_slot(i) for i in range(n)]
+        self.notify_start(started)
+        return started
+
+    def _start_slot(self, index: int) -> Any:
+        identifier = str(index)
+        env = dict(self.environment)
+        env[ENGINE_INDEX_ENV] = identifier
+        env[PARENT_PID_ENV] = str(os.getpid())
+        el = self.launchers[identifier] = LocalEngineLauncher(
+            work_dir=self.work_dir,
+            parent=self,
+            log=self.log,
+            profile_dir=self.profile_dir,
+            cluster_id=self.cluster_id,
+            environment=env,
+            identifier=identifier,
+            output_file=os.path.join(
+                self.profile_dir, "log", f"ipengine-{self.cluster_id}-{index}.log"
+            ),
+        )
+        el.engine_cmd = list(self.engine_cmd)
+        el.engine_args = list(self.engine_args)
+        el.on_stop(self._notice_engine_stopped)
+        return el.start()
+
+    def _notice_engine_stopped(self, data: dict[str, Any]) -> None:
+        # unlike the parent class, an empty set is not "stopped": it can scale up again
+        identifier = data["identifier"]
+        launcher = self.launchers.pop(identifier, None)
+        if launcher is not None:
+            self.outputs[identifier] = launcher.get_output()
+        self.stop_data.setdefault("engines", {})[identifier] = data
+
+    async def scale(self, n: int) -> None:
+        """Start missing slots below ``n``; terminate slots ``>= n`` and wait for them."""
+        for i in range(n):
+            if str(i) not in self.launchers:
+                self._start_slot(i)
+        doomed = [el for ident, el in list(self.launchers.items()) if int(ident) >= n]
+        for el in doomed:
+            el.signal(signal.SIGTERM)
+        await asyncio.gather(*(el.join(timeout=10) for el in doomed))
+        self.n = n
+
+    def engine_states(self) -> list[dict[str, Any]]:
+        states = []
+        for ident, el in sorted(self.launchers.items(), key=lambda kv: int(kv[0])):
+            states.append(
+                {
+                    "index": int(ident),
+                    "name": f"pid {el.pid}",
+                    "phase": "Running" if el.state == "running" else el.state,
+                    "reason": "",
+                }
+            )
+        return states
+
+    async def diagnose(self) -> str:
+        lines = []
+        for ident, data in sorted(self.stop_data.get("engines", {}).items()):
+            lines.append(f"engine slot {ident} exited with code {data.get('exit_code')}")
+        output = self.get_output()
+        if output:
+            lines.append("last engine output:\n" + "\n".join(output.splitlines()[-20:]))
+        return "\n".join(lines) or "local engines are running but have not registered yet"

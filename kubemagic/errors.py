@@ -1,0 +1,68 @@
+"""Errors users see. Each says what was wrong and how to fix it, in one message.
+
+The magic catches :class:`KubemagicError` and prints it without a traceback (the user's
+input was wrong, not our code), so the kernel stays alive and the session stays usable.
+"""
+
+from __future__ import annotations
+
+
+class KubemagicError(Exception):
+    """Base class: a problem the user can fix. ``fix`` says how."""
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        self.message = message
+        self.fix = fix
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        if self.fix:
+            return f"{self.message}\n  how to fix: {self.fix}"
+        return self.message
+
+
+class UsageError(KubemagicError):
+    """Bad arguments or options (names that do not exist, -n 0, --memory 1XB, ...)."""
+
+
+class SessionError(KubemagicError):
+    """The session is not in a state that allows the request (map after stop, ...)."""
+
+
+class StartupError(KubemagicError):
+    """Engines did not come up in time; the message quotes what the platform said."""
+
+
+class PermissionDenied(KubemagicError):
+    """The Kubernetes API answered 403; the message names the verb and resource."""
+
+
+class RemoteItemError(KubemagicError):
+    """An item of a map raised on an engine.
+
+    Like ipyparallel's ``RemoteError``, it carries the remote exception's type name,
+    message and traceback text, plus the index and repr of the failing item.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        item_repr: str,
+        ename: str,
+        evalue: str,
+        traceback: str,
+        engine_id: int | None = None,
+    ) -> None:
+        self.index = index
+        self.item_repr = item_repr
+        self.ename = ename
+        self.evalue = evalue
+        self.remote_traceback = traceback
+        self.engine_id = engine_id
+        where = f" on engine {engine_id}" if engine_id is not None else ""
+        super().__init__(
+            f"item {index} ({item_repr}) raised {ename}: {evalue}{where}\n"
+            f"--- remote traceback ---\n{traceback.rstrip()}",
+            fix="fix the function for this input, or pass --return-exceptions "
+            "(return_exceptions=True) to collect exceptions as results",
+        )

@@ -1,0 +1,278 @@
+"""The map's bookkeeping: what is pending, what is out, what is done — nothing else.
+
+No ipyparallel, no Jupyter, no Kubernetes here: the dispatcher in ``dispatch.py`` feeds this
+state machine with completions and engine losses, and asks it for the next chunk. That keeps
+the rules that decide correctness (every item exactly once, in order, duplicates from
+retried chunks dropped) testable as pure code.
+
+Chunk sizes follow guided self-scheduling with a time budget: a small probe chunk first,
+then chunks sized to take about ``target_chunk_seconds`` at the measured per-item time, but
+never more than ``remaining / (2 * engines)`` items, so chunks shrink towards the tail and
+a slow item near the end cannot hold a large batch hostage.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import RemoteItemError, SessionError
+
+#: sentinel for "no result yet" (None is a valid result)
+_MISSING = object()
+
+
+@dataclass
+class Chunk:
+    """A contiguous run of item indices ``[start, stop)`` sent to one engine."""
+
+    id: int
+    start: int
+    stop: int
+    attempt: int = 0
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class Progress:
+    """A snapshot for progress displays."""
+
+    done: int
+    total: int
+    failures: int
+    elapsed: float
+    retried_chunks: int
+    state: str  # "running" | "done" | "failed" | "cancelled"
+
+    @property
+    def rate(self) -> float:
+        """Items per second since the map started."""
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the current rate, or None before the first result."""
+        if self.done == 0 or self.rate == 0:
+            return None
+        return (self.total - self.done) / self.rate
+
+
+class ChunkPlanner:
+    """Decides how many items the next chunk gets.
+
+    ``chunksize`` is an int (fixed) or ``"auto"``. Auto learns the per-item time from the
+    seconds each chunk spent on its engine (not the round trip, so transport overhead does
+    not make chunks shrink).
+    """
+
+    def __init__(
+        self,
+        total: int,
+        chunksize: int | str = "auto",
+        target_chunk_seconds: float = 0.1,
+        probe_size: int | None = None,
+    ) -> None:
+        if chunksize != "auto" and (not isinstance(chunksize, int) or chunksize < 1):
+            raise ValueError(f"chunksize must be a positive int or 'auto', not {chunksize!r}")
+        self.total = total
+        self.chunksize = chunksize
+        self.target = target_chunk_seconds
+        self.probe_size = probe_size
+        self.item_seconds: float | None = None
+
+    def observe(self, items: int, seconds: float) -> None:
+        """Feed one chunk's engine-side duration into the per-item estimate (EWMA)."""
+        if items <= 0:
+            return
+        per_item = max(seconds / items, 1e-7)
+        if self.item_seconds is None:
+            self.item_seconds = per_item
+        else:
+            self.item_seconds = 0.5 * self.item_seconds + 0.5 * per_item
+
+    def size(self, remaining: int, engines: int) -> int:
+        """Items for the next chunk, given ``remaining`` unassigned items."""
+        if remaining <= 0:
+            return 0
+        if self.chunksize != "auto":
+            return min(int(self.chunksize), remaining)
+        engines = max(engines, 1)
+        tail_cap = max(1, math.ceil(remaining / (2 * engines)))
+        if self.item_seconds is None:
+            probe = self.probe_size or max(1, min(16, self.total // (engines * 64)))
+            return min(probe, tail_cap)
+        budget = max(1, int(self.target / self.item_seconds))
+        return min(budget, tail_cap)
+
+
+@dataclass
+class MapRun:
+    """State of one map: pending ranges, chunks out, results by item index."""
+
+    total: int
+    planner: ChunkPlanner
+    retries: int = 0
+    return_exceptions: bool = False
+    ordered: bool = True
+    item_reprs: Any = None  # callable index -> short repr, for error messages
+    _pending: deque = field(default_factory=deque)  # (start, stop, attempt) ranges
+    _out: dict[int, Chunk] = field(default_factory=dict)
+    _next_id: int = 0
+    _results: list = field(default_factory=list)
+    _completion_order: list[int] = field(default_factory=list)
+    done: int = 0
+    failures: int = 0
+    retried_chunks: int = 0
+    state: str = "running"
+    error: BaseException | None = None
+    started: float = field(default_factory=time.perf_counter)
+    finished: float | None = None
+
+    def __post_init__(self) -> None:
+        self._results = [_MISSING] * self.total
+        if self.total:
+            self._pending.append((0, self.total, 0))
+        else:
+            self._finish("done")
+
+    # -- assignment -------------------------------------------------------------------
+    @property
+    def remaining(self) -> int:
+        """Items not yet assigned to any engine."""
+        return sum(stop - start for start, stop, _ in self._pending)
+
+    @property
+    def active(self) -> bool:
+        return self.state == "running"
+
+    def next_chunk(self, engines: int) -> Chunk | None:
+        """Take the next chunk to send, or None if nothing is left to assign."""
+        if not self.active or not self._pending:
+            return None
+        start, stop, attempt = self._pending[0]
+        end = min(stop, start + self.planner.size(self.remaining, engines))
+        if end == stop:
+            self._pending.popleft()
+        else:
+            self._pending[0] = (end, stop, attempt)
+        chunk = Chunk(self._next_id, start, end, attempt)
+        self._next_id += 1
+        self._out[chunk.id] = chunk
+        return chunk
+
+    def outstanding(self) -> list[Chunk]:
+        return list(self._out.values())
+
+    # -- outcomes ---------------------------------------------------------------------
+    def complete(self, chunk: Chunk, results: list[Any], seconds: float) -> None:
+        """Record a chunk's results. Items already done (a retried duplicate) are dropped.
+
+        Raises nothing: a failing item sets ``error`` and ends the map unless
+        ``return_exceptions``; the caller checks ``state``.
+        """
+        from .remote import ItemFailure
+
+        self._out.pop(chunk.id, None)
+        self.planner.observe(len(results), seconds)
+        for offset, value in enumerate(results):
+            index = chunk.start + offset
+            if self._results[index] is not _MISSING:
+                continue  # duplicate from a chunk that was retried
+            if isinstance(value, ItemFailure):
+                self.failures += 1
+                err = RemoteItemError(
+                    index, self._repr(index), value.ename, value.evalue, value.traceback
+                )
+                if not self.return_exceptions:
+                    self.fail(err)
+                    return
+                value = err
+            self._results[index] = value
+            self._completion_order.append(index)
+            self.done += 1
+        if len(results) < len(chunk) and self.active:
+            # a chunk that stopped early (stop_on_error) but without failure: requeue rest
+            self._requeue_range(chunk.start + len(results), chunk.stop, chunk.attempt)
+        if self.done == self.total and self.active:
+            self._finish("done")
+
+    def lost(self, chunk: Chunk, reason: str) -> None:
+        """The engine running ``chunk`` died: requeue it, or fail after ``retries``."""
+        self._out.pop(chunk.id, None)
+        if not self.active:
+            return
+        if chunk.attempt >= self.retries:
+            self.fail(
+                SessionError(
+                    f"items {chunk.start}..{chunk.stop - 1} were lost {chunk.attempt + 1} "
+                    f"time(s): {reason}",
+                    fix="raise --retries (retries=...) or look at the engines' logs "
+                    "(%kubemap logs) for why they die",
+                )
+            )
+            return
+        self.retried_chunks += 1
+        self._requeue_range(chunk.start, chunk.stop, chunk.attempt + 1)
+
+    def _requeue_range(self, start: int, stop: int, attempt: int) -> None:
+        # only items still missing; a retried chunk may have been partly done elsewhere
+        runs: list[tuple[int, int]] = []
+        i = start
+        while i < stop:
+            if self._results[i] is _MISSING:
+                j = i
+                while j < stop and self._results[j] is _MISSING:
+                    j += 1
+                runs.append((i, j))
+                i = j
+            else:
+                i += 1
+        for a, b in reversed(runs):
+            self._pending.appendleft((a, b, attempt))
+
+    def fail(self, error: BaseException) -> None:
+        if self.active:
+            self.error = error
+            self._finish("failed")
+
+    def cancel(self) -> None:
+        if self.active:
+            from .errors import KubemagicError
+
+            self.error = KubemagicError(
+                f"map cancelled after {self.done} of {self.total} items",
+                fix="run the cell again; the engines and pushed data are still there",
+            )
+            self._finish("cancelled")
+
+    def _finish(self, state: str) -> None:
+        self.state = state
+        self.finished = time.perf_counter()
+        self._pending.clear()
+
+    # -- reading ----------------------------------------------------------------------
+    def progress(self) -> Progress:
+        end = self.finished or time.perf_counter()
+        return Progress(
+            self.done, self.total, self.failures, end - self.started, self.retried_chunks,
+            self.state,
+        )
+
+    def results(self) -> list[Any]:
+        """The results, in item order (or completion order when ``ordered=False``)."""
+        if self.state != "done":
+            raise self.error or SessionError("map is not finished")
+        if self.ordered:
+            return list(self._results)
+        return [self._results[i] for i in self._completion_order]
+
+    def _repr(self, index: int) -> str:
+        if self.item_reprs is None:
+            return "?"
+        text = self.item_reprs(index)
+        return text if len(text) <= 80 else text[:77] + "..."
