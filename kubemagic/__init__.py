@@ -29,6 +29,7 @@ def __getattr__(name: str) -> Any:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext kubemagic``: register the magics."""
-    from .magics import KubeMagics
+    from .magics import KubeMagics, show_error
 
     ipython.register_magics(KubeMagics)
+    ipython.set_custom_exc((KubemagicError,), show_error)

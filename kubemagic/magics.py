@@ -1,0 +1,280 @@
+"""``%%kubemap`` and ``%kubemap``: parse arguments, call the session, nothing else.
+
+Cell magic::
+
+    %%kubemap FUNC ITERABLE [options]
+    <cell body: runs locally, then on every engine (and on engines that join later)>
+
+maps FUNC over ITERABLE (names or expressions in the notebook) on the kernel's engines.
+
+Line magic::
+
+    %kubemap status            engines, pods, replay log, last map
+    %kubemap scale N           resize the fleet (drains before removing engines)
+    %kubemap stop              stop engines and controller (the next cell starts anew)
+    %kubemap logs [LINES]      recent engine output (pod logs on Kubernetes)
+    %kubemap widget            show the live widget
+    %kubemap start [options]   start engines without mapping (same options as the cell)
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from . import session as session_mod
+from ._loop import in_kernel
+from .errors import SessionError, UsageError
+
+#: options that describe the fleet; if given, they must match the running session
+_FLEET_OPTIONS = ("backend", "image", "namespace", "cpu", "memory", "gpu",
+                  "controller_address")
+
+
+@magics_class
+class KubeMagics(Magics):
+    """The kubemagic magics. See ``%kubemap?``."""
+
+    @magic_arguments()
+    @argument("func", nargs="?", help="function to map (a name or expression)")
+    @argument("iterable", nargs="?", help="items to map over (a name or expression)")
+    @argument("rest", nargs="*", help="line-magic arguments (e.g. the N of `scale N`)")
+    @argument("-n", "--engines", type=int, default=None,
+              help="number of engines (default 2 for a new session; scales a running one)")
+    @argument("--backend", default=None, choices=["auto", "local", "kubernetes"],
+              help="where engines run (default auto: Kubernetes if configured, else local)")
+    @argument("--push", default="", help="comma-separated names to send to every engine")
+    @argument("--out", default=None, help="store the result list in this variable")
+    @argument("--chunksize", default="auto", help="items per task, or 'auto' (adaptive)")
+    @argument("--unordered", action="store_true", help="results in completion order")
+    @argument("--retries", type=int, default=None,
+              help="re-runs of a chunk whose engine died (default: backend's)")
+    @argument("--timeout", type=float, default=None, help="give up on the map after S seconds")
+    @argument("--no-progress", action="store_true", help="no progress display")
+    @argument("--return-exceptions", action="store_true",
+              help="put failing items' exceptions in the results instead of raising")
+    @argument("--start-timeout", type=float, default=None,
+              help="seconds to wait for engines to connect")
+    @argument("--image", default=None, help="[kubernetes] engine image")
+    @argument("--namespace", default=None, help="[kubernetes] namespace for the Job")
+    @argument("--cpu", default=None, help="[kubernetes] CPU per engine, e.g. 500m or 2")
+    @argument("--memory", default=None, help="[kubernetes] memory per engine, e.g. 1Gi")
+    @argument("--gpu", type=int, default=None, help="[kubernetes] nvidia.com/gpu per engine")
+    @argument("--controller-address", default=None,
+              help="[kubernetes] address engines use to reach the controller")
+    @line_cell_magic
+    def kubemap(self, line: str, cell: str | None = None) -> Any:
+        """Map a function over items on ipyparallel engines (local or Kubernetes pods).
+
+        Cell: ``%%kubemap FUNC ITERABLE [options]`` — the cell body runs locally and on
+        every engine (imports and definitions included, also on engines that join later),
+        then FUNC is mapped over ITERABLE with a load-balanced, adaptive-chunk map.
+
+        Line: ``%kubemap status | scale N | stop | logs [LINES] | widget | start [options]``.
+        """
+        args = parse_argstring(self.kubemap, line)
+        if cell is None:
+            return self._line(args)
+        return self._cell(args, cell)
+
+    # -- line ----------------------------------------------------------------------------
+    def _line(self, args: Any) -> Any:
+        words = [w for w in (args.func, args.iterable, *args.rest) if w is not None]
+        if not words:
+            raise UsageError(
+                "%kubemap needs a subcommand",
+                fix="use %kubemap status | scale N | stop | logs | widget | start, or "
+                "%%kubemap FUNC ITERABLE as a cell magic",
+            )
+        cmd, params = words[0], words[1:]
+        if cmd == "start":
+            session = self._session(args)
+            return self._show(session)
+        if cmd == "widget":
+            return self._show(self._existing())
+        if cmd == "status":
+            self._print_status()
+            return None
+        if cmd == "stop":
+            existing = session_mod.current()
+            if existing is not None:
+                existing.stop()
+            print("kubemagic: engines and controller stopped")
+            return None
+        if cmd == "logs":
+            lines = _int_param(params, "logs LINES", default=200)
+            print(self._existing().logs(tail=lines))
+            return None
+        if cmd == "scale":
+            if len(params) != 1:
+                raise UsageError("%kubemap scale needs one number",
+                                 fix="e.g. %kubemap scale 8")
+            n = _int_param(params, "scale N", default=None)
+            self._existing().scale(n)
+            print(f"kubemagic: {n} engine(s)")
+            return None
+        close = difflib.get_close_matches(cmd, ["status", "scale", "stop", "logs",
+                                                "widget", "start"], n=1)
+        hint = f"did you mean %kubemap {close[0]}? " if close else ""
+        raise UsageError(f"unknown subcommand {cmd!r}",
+                         fix=hint + "use status | scale N | stop | logs | widget | start")
+
+    def _existing(self) -> session_mod.KubeCluster:
+        existing = session_mod.current()
+        if existing is None or existing.state != "running":
+            raise SessionError("no engines are running in this kernel",
+                               fix="run a %%kubemap cell or %kubemap start first")
+        return existing
+
+    def _print_status(self) -> None:
+        existing = session_mod.current()
+        if existing is None:
+            print("kubemagic: no session in this kernel (a %%kubemap cell starts one)")
+            return
+        st = existing.status()
+        print(f"kubemagic {st['cluster_id']}: {st['backend']} backend, {st['state']}, "
+              f"{st['ready']}/{st['requested']} engines ready")
+        for row in st["engines"]:
+            print(f"  slot {row.get('index')}: engine {row.get('engine', '-')} "
+                  f"{row.get('name', '')} {row.get('state', '')} "
+                  f"{row.get('phase', '')} {row.get('reason', '')}".rstrip())
+        rp = st["replay"]
+        print(f"  replayed to new engines: pushed {rp['pushed_names'] or 'nothing'}, "
+              f"{rp['code_blocks']} code block(s)")
+        if st["map"]:
+            m = st["map"]
+            print(f"  last map: {m['done']}/{m['total']} items, {m['state']}")
+        if st["last_error"]:
+            print(f"  last error: {st['last_error']}")
+
+    # -- cell ----------------------------------------------------------------------------
+    def _cell(self, args: Any, cell: str) -> Any:
+        if args.func is None or args.iterable is None or args.rest:
+            raise UsageError(
+                "%%kubemap needs exactly FUNC and ITERABLE before the options",
+                fix="e.g. %%kubemap score xs -n 4 --out results",
+            )
+        shell = self.shell
+        assert shell is not None
+        code = shell.transform_cell(cell)
+        try:
+            compiled = compile(code, "<kubemap cell>", "exec")
+        except SyntaxError as e:
+            raise UsageError(
+                f"syntax error in the cell body, line {e.lineno}: {e.msg}",
+                fix="fix the cell; nothing was run locally or on the engines",
+            ) from None
+        pushed = self._lookup_names(args.push)
+        session = self._session(args)
+        exec(compiled, shell.user_ns)  # locally first: a failing cell never reaches engines
+        if code.strip():
+            session.execute(code)
+        if pushed:
+            session.push(pushed)
+        func = self._evaluate(args.func, "FUNC")
+        items = self._evaluate(args.iterable, "ITERABLE")
+        widget_shown = False
+        if in_kernel() and not args.no_progress:
+            self._show(session)
+            widget_shown = True
+        handle = session.map_async(
+            func, items, chunksize=args.chunksize, ordered=not args.unordered,
+            retries=args.retries, timeout=args.timeout,
+            return_exceptions=args.return_exceptions,
+        )
+        results = handle.result(progress=not args.no_progress and not widget_shown)
+        if args.out:
+            shell.user_ns[args.out] = results
+            return None
+        return results
+
+    def _session(self, args: Any) -> session_mod.KubeCluster:
+        """The kernel's session: reuse it, scale it if -n differs, or start one."""
+        options = {k: getattr(args, k) for k in _FLEET_OPTIONS if getattr(args, k) is not None}
+        existing = session_mod.current()
+        if existing is not None and existing.state == "running":
+            conflicts = [k for k, v in options.items()
+                         if (k == "backend" and v not in ("auto", existing.backend))
+                         or (k != "backend" and existing.options.get(k) != v)]
+            if conflicts:
+                flags = ", ".join("--" + c.replace("_", "-") for c in conflicts)
+                raise SessionError(
+                    f"the running engines were started with different {flags}",
+                    fix="run %kubemap stop first to start a new fleet with these options, "
+                    "or drop them to reuse the running one",
+                )
+            if args.engines is not None and args.engines != existing.n:
+                existing.scale(args.engines)
+            return existing
+        backend = options.pop("backend", "auto")
+        return session_mod.current(
+            create=True, n=2 if args.engines is None else args.engines, backend=backend,
+            retries=args.retries, start_timeout=args.start_timeout, **options,
+        )
+
+    def _lookup_names(self, spec: str) -> dict[str, Any]:
+        names = [n.strip() for n in spec.split(",") if n.strip()]
+        ns = self.shell.user_ns  # type: ignore[union-attr]
+        missing = [n for n in names if n not in ns]
+        if missing:
+            hints = []
+            for n in missing:
+                close = difflib.get_close_matches(n, [k for k in ns if not k.startswith("_")], 1)
+                hints.append(f"{n!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise UsageError(f"--push names not defined in the notebook: {', '.join(hints)}",
+                             fix="define them in a cell above, or correct the names")
+        return {n: ns[n] for n in names}
+
+    def _evaluate(self, expr: str, what: str) -> Any:
+        ns = self.shell.user_ns  # type: ignore[union-attr]
+        try:
+            return eval(expr, ns)
+        except NameError as e:
+            name = getattr(e, "name", None) or expr
+            close = difflib.get_close_matches(name, [k for k in ns if not k.startswith("_")], 1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UsageError(f"{what} {expr!r}: name {name!r} is not defined",
+                             fix=hint + "define it in the cell body or a cell above") from None
+        except SyntaxError as e:
+            raise UsageError(f"{what} {expr!r} is not a valid expression: {e.msg}",
+                             fix="quote it or use a plain name") from None
+        except Exception as e:
+            raise UsageError(f"evaluating {what} {expr!r} raised {type(e).__name__}: {e}",
+                             fix="check the expression in a normal cell first") from None
+
+    @staticmethod
+    def _show(session: session_mod.KubeCluster) -> None:
+        from IPython.display import display
+
+        if in_kernel():
+            display(session.widget)
+        else:
+            print(repr(session))
+
+
+def _int_param(params: list[str], usage: str, default: int | None) -> int:
+    if not params:
+        if default is None:
+            raise UsageError(f"missing number in %kubemap {usage}", fix=f"%kubemap {usage}")
+        return default
+    try:
+        return int(params[0])
+    except ValueError:
+        raise UsageError(f"{params[0]!r} is not a whole number",
+                         fix=f"use %kubemap {usage} with an integer") from None
+
+
+def show_error(shell: Any, etype: type, value: BaseException, tb: Any,
+               tb_offset: Any = None) -> list[str]:
+    """IPython custom-exception hook: a kubemagic error is one clear message, no traceback.
+
+    The user's input was wrong, not the code; a traceback into kubemagic would only hide
+    the "how to fix" line.
+    """
+    text = f"{etype.__name__}: {value}"
+    shell._showtraceback(etype, value, [text])
+    return [text]
+
