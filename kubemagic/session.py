@@ -322,7 +322,9 @@ class KubeCluster:
         return view.execute(entry.payload, block=False)
 
     def ready_ids(self) -> list[int]:
-        """Engines that may receive work now."""
+        """Engines that may receive work now (new engines are brought up to date first)."""
+        if self._client is not None:
+            self.process_events()
         with self._lock:
             return sorted(e.id for e in self.engines.values() if e.state == "ready")
 
