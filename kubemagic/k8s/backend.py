@@ -1,0 +1,179 @@
+"""``kubernetes_backend(**options)``: check everything that can be checked before any engine
+exists, then describe the controller and launcher configuration as a :class:`BackendSpec`.
+
+Eager on purpose. A typo in ``--memory``, a namespace that does not exist, a service
+account without rights, a missing image or an address pods cannot reach would otherwise
+surface as engines that never register — a silent hang until a timeout. Here each
+becomes one error naming the problem and its fix, before the controller starts.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from typing import Any
+
+from traitlets.config import Config
+
+from ..backends import BackendSpec
+from ..errors import PermissionDenied, UsageError
+from . import incluster
+from kubernetes.client.exceptions import ApiException
+
+from .client import REQUEST_TIMEOUT, Api, api_call, connect, namespace_missing
+from .launcher import KubernetesEngineSetLauncher
+from .options import MIN_CONTROLLER_PORTS, KubernetesOptions, parse_options
+from .permissions import check_permissions
+
+#: Retries of a chunk whose engine died: pods get evicted and preempted.
+DEFAULT_RETRIES = 2
+#: ``$KUBEMAGIC_CONTROLLER_ADDRESS`` overrides address detection (e.g. set once per hub).
+ADDRESS_ENV = "KUBEMAGIC_CONTROLLER_ADDRESS"
+
+
+def kubernetes_backend(**options: Any) -> BackendSpec:
+    """Validate ``options`` (see :class:`~.options.KubernetesOptions`) against the cluster and
+    return the spec the session starts the controller and engines from.
+
+    Raises :class:`~kubemagic.errors.UsageError` (bad option, missing namespace, image or
+    address), :class:`~kubemagic.errors.PermissionDenied` (missing RBAC rules, all named) or
+    :class:`~kubemagic.errors.StartupError` (no cluster configuration, API unreachable).
+    """
+    opts = parse_options(**options)
+    api = connect(opts.kubeconfig, opts.context)
+    namespace = opts.namespace or incluster.default_namespace(opts.context)
+    check_namespace(api, namespace)
+    check_permissions(api, namespace)
+    address = resolve_controller_address(opts)
+    ports = free_port_window(*opts.port_range)
+    launcher_config = _launcher_config(opts, namespace)
+    launcher = KubernetesEngineSetLauncher(
+        config=Config({"KubernetesEngineSetLauncher": launcher_config}), job_name="kubemagic-check"
+    )
+    launcher.api = api
+    launcher_config["image"] = launcher.resolve_image(launcher.options())
+    check_job_schema(launcher, launcher_config["image"])
+    return BackendSpec(
+        name="kubernetes",
+        engine_launcher_class=KubernetesEngineSetLauncher,
+        config=Config({"KubernetesEngineSetLauncher": launcher_config}),
+        controller_ip="0.0.0.0",
+        controller_location=address,
+        # engine-facing sockets are bound first, so they take the window's first ports
+        controller_args=[f"--IPController.ports={ports[0]}-{ports[-1]}"],
+        curve=opts.curve,
+        default_retries=DEFAULT_RETRIES,
+        start_timeout=opts.start_timeout,
+    )
+
+
+def check_namespace(api: Api, namespace: str) -> None:
+    """Fail clearly on a namespace that does not exist.
+
+    Reading a namespace is cluster-scoped, which a namespaced service account usually may
+    not do; then the permission check that follows speaks for the namespace instead.
+    """
+    try:
+        with api_call("get", "namespaces"):
+            api.core.read_namespace(
+                namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+            )
+    except PermissionDenied:
+        return
+    except ApiException as e:
+        if e.status == 404:
+            raise namespace_missing(namespace) from None
+        raise
+
+
+def resolve_controller_address(opts: KubernetesOptions) -> str:
+    """Where engines connect: ``--controller-address``, ``$KUBEMAGIC_CONTROLLER_ADDRESS``,
+    else detected (pod IP in a cluster; see :func:`.incluster.detect_controller_address`)."""
+    address = (
+        opts.controller_address
+        or os.environ.get(ADDRESS_ENV)
+        or incluster.detect_controller_address(opts.context)
+    )
+    if not address:
+        raise UsageError(
+            "cannot tell which address of this machine engine pods can reach",
+            fix="pass --controller-address <IP or name of this machine, reachable from pods> "
+            f"(or set ${ADDRESS_ENV})",
+        )
+    if incluster.is_loopback(address):
+        raise UsageError(
+            f"controller address {address!r} is loopback: engine pods cannot connect to it",
+            fix="pass --controller-address with this machine's address as pods see it",
+        )
+    return address
+
+
+def free_port_window(low: int, high: int, size: int = MIN_CONTROLLER_PORTS) -> list[int]:
+    """A random window of ``size`` consecutive free ports within ``low..high``.
+
+    Several kernels can share a host or a pod (two notebooks on one server), each with its
+    own controller: a random free window keeps them apart while every port stays inside
+    the range a NetworkPolicy allows.
+    """
+    starts = list(range(low, high - size + 2, size))
+    random.shuffle(starts)
+    for start in starts:
+        window = list(range(start, start + size))
+        if all(_port_free(p) for p in window):
+            return window
+    raise UsageError(
+        f"no {size} free consecutive ports left in --port-range {low}-{high} "
+        "(other kernels' controllers use them)",
+        fix="stop unused kernels, or pass a wider --port-range (and widen the NetworkPolicy)",
+    )
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # zmq listens with SO_REUSEADDR: ports in TIME_WAIT are free for it too
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def _launcher_config(opts: KubernetesOptions, namespace: str) -> dict[str, Any]:
+    """Options as ``KubernetesEngineSetLauncher`` traits (unset ones left at their defaults)."""
+    config: dict[str, Any] = {
+        "namespace": namespace,
+        "gpu": opts.gpu,
+        "run_as_user": opts.run_as_user,
+        "node_selector": dict(opts.node_selector),
+        "tolerations": list(opts.tolerations),
+        "environment": dict(opts.env),
+        "pod_overrides": dict(opts.pod_overrides),
+    }
+    optional = {
+        "image": opts.image,
+        "cpu": opts.cpu,
+        "memory": opts.memory,
+        "service_account": opts.service_account,
+        "image_pull_policy": opts.image_pull_policy,
+        "active_deadline_seconds": opts.active_deadline_seconds,
+        "kubeconfig": opts.kubeconfig,
+        "context": opts.context,
+    }
+    config.update({k: v for k, v in optional.items() if v is not None})
+    return config
+
+
+def check_job_schema(launcher: KubernetesEngineSetLauncher, image: str) -> None:
+    """Validate the Job that ``start`` will create against the API schema, now.
+
+    Catches ``pod_overrides`` with unknown fields or wrong types at the cell that set
+    them — and pays the client's one-off model compilation (~0.2 s) here rather than
+    between "start" and the first engine.
+    """
+    import kubernetes.client as k8s
+
+    job = launcher.job_manifest(launcher.options(), image)
+    with api_call("create", "jobs.batch", launcher.namespace):
+        k8s.V1Job.model_validate(job)

@@ -1,0 +1,183 @@
+"""The Kubernetes API handle, and the translation of API failures into errors users can act on.
+
+Every call the backend makes goes through :func:`api_call`, which knows the verb,
+resource and namespace it is about — so a 403 becomes "may not create jobs in namespace
+x; apply ``kubemagic rbac``" instead of a wall of JSON, and a call can never hang a
+cell (each has a timeout).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import kubernetes.client as k8s
+import kubernetes.config as k8s_config
+import pydantic
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from ..errors import PermissionDenied, StartupError, UsageError
+from . import incluster
+
+#: Seconds any single API request may take before it is abandoned.
+REQUEST_TIMEOUT = 15
+
+
+@dataclass
+class Api:
+    """One API connection (its own configuration, never the client's global default)."""
+
+    api_client: k8s.ApiClient
+    core: k8s.CoreV1Api
+    batch: k8s.BatchV1Api
+    authorization: k8s.AuthorizationV1Api
+    authentication: k8s.AuthenticationV1Api
+    #: how the backend authenticated, for messages: "in-cluster" or "kubeconfig (context)"
+    source: str
+
+    def read_json(self, response: Any) -> Any:
+        """Decode a response fetched with ``_preload_content=False`` into plain dicts."""
+        return json.loads(response.data)
+
+
+def connect(kubeconfig: str | None = None, context: str | None = None) -> Api:
+    """Connect with in-cluster config (in a pod, unless a kubeconfig is given) or a kubeconfig.
+
+    Raises :class:`StartupError` when neither works, saying how to provide one.
+    """
+    configuration = k8s.Configuration()
+    try:
+        if incluster.in_cluster() and not kubeconfig and not context:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+            source = "in-cluster service account"
+        else:
+            k8s_config.load_kube_config(
+                config_file=kubeconfig, context=context, client_configuration=configuration
+            )
+            source = f"kubeconfig {kubeconfig or '(default)'}" + (f", context {context}" if context else "")
+    except (k8s_config.ConfigException, OSError, TypeError, ValueError) as e:
+        raise StartupError(
+            f"no usable Kubernetes configuration: {e}",
+            fix="run the kernel in a cluster, set KUBECONFIG (or pass kubeconfig=/context=), "
+            "or use --backend local",
+        ) from None
+    api_client = k8s.ApiClient(configuration)
+    return Api(
+        api_client=api_client,
+        core=k8s.CoreV1Api(api_client),
+        batch=k8s.BatchV1Api(api_client),
+        authorization=k8s.AuthorizationV1Api(api_client),
+        authentication=k8s.AuthenticationV1Api(api_client),
+        source=source,
+    )
+
+
+def api_message(error: ApiException) -> str:
+    """The API server's own one-line explanation from an error response."""
+    try:
+        return json.loads(error.body)["message"]
+    except Exception:
+        return str(error.reason or error.status)
+
+
+@contextmanager
+def api_call(verb: str, resource: str, namespace: str | None = None) -> Iterator[None]:
+    """Turn failures of one API request into :class:`KubemagicError` subclasses.
+
+    403 → :class:`PermissionDenied` naming verb, resource and namespace, pointing at
+    ``kubemagic rbac``; 404 of the namespace → :class:`UsageError`; 422 → :class:`UsageError`
+    quoting the server (an override or selector it rejected); unreachable server or 401 →
+    :class:`StartupError`. Other API errors propagate unchanged for the caller to judge.
+    """
+    where = f" in namespace {namespace!r}" if namespace else ""
+    try:
+        yield
+    except ApiException as e:
+        message = api_message(e)
+        if e.status == 403:
+            raise permission_denied([(verb, resource)], namespace, message) from None
+        if e.status == 401:
+            raise StartupError(
+                f"the Kubernetes API rejected our credentials ({message})",
+                fix="refresh the kubeconfig credentials or the service-account token",
+            ) from None
+        if e.status == 404 and namespace and f'namespaces "{namespace}" not found' in message:
+            raise namespace_missing(namespace) from None
+        if e.status == 422 or (e.status == 400 and verb in ("create", "patch")):
+            raise UsageError(
+                f"Kubernetes refused to {verb} {resource}{where}: {message}",
+                fix="check the options that shape the engine pods "
+                "(pod_overrides, node_selector, tolerations, env)",
+            ) from None
+        raise
+    except pydantic.ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:3]
+        )
+        raise UsageError(
+            f"the {resource} kubemagic would {verb} is not valid Kubernetes: {problems}",
+            fix="check the options that shape the engine pods "
+            "(pod_overrides, node_selector, tolerations, env)",
+        ) from None
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        if isinstance(e, urllib3.exceptions.ReadTimeoutError):
+            detail = f"no answer within {REQUEST_TIMEOUT} s"
+        else:
+            detail = str(e)
+        raise StartupError(
+            f"cannot reach the Kubernetes API to {verb} {resource}{where}: {detail}",
+            fix="check the cluster is up and the kubeconfig/context points at it",
+        ) from None
+
+
+def permission_denied(
+    missing: list[tuple[str, str]],
+    namespace: str | None,
+    detail: str = "",
+    user: str | None = None,
+) -> PermissionDenied:
+    """One :class:`PermissionDenied` listing every missing ``(verb, resource)``.
+
+    ``user`` (or the ``User "..."`` the API server quotes in ``detail``) names the service
+    account in the suggested ``kubemagic rbac`` command when it is one.
+    """
+    ns = namespace or "default"
+    what = ", ".join(f"{verb} {resource}" for verb, resource in missing)
+    user = user or _quoted_user(detail)
+    message = f"Kubernetes permission denied: {user or 'we'} may not {what} in namespace {ns!r}"
+    if detail:
+        message += f" (API server: {detail})"
+    account = re.fullmatch(r"system:serviceaccount:([^:]+):(.+)", user or "")
+    rbac = f"kubemagic rbac --namespace {ns}"
+    if account:
+        rbac += f" --service-account {account[2]}"
+        if account[1] != ns:
+            rbac += f" --service-account-namespace {account[1]}"
+    return PermissionDenied(
+        message,
+        fix=f"ask an admin to apply the least-privilege Role kubemagic needs: `{rbac} | "
+        "kubectl apply -f -`; or choose a namespace you may use with --namespace",
+    )
+
+
+def _quoted_user(detail: str) -> str | None:
+    match = re.search(r'User "([^"]+)"', detail)
+    return match[1] if match else None
+
+
+def namespace_missing(namespace: str) -> UsageError:
+    """The error for a namespace that does not exist."""
+    return UsageError(
+        f"namespace {namespace!r} does not exist",
+        fix=f"create it (kubectl create namespace {namespace}) or pick another with --namespace",
+    )
+
+
+def is_not_found(error: BaseException) -> bool:
+    """True for a 404 — e.g. deleting something already gone, which is success."""
+    return isinstance(error, ApiException) and error.status == 404
+

@@ -1,0 +1,247 @@
+"""Where am I: is there a cluster, which namespace, which image, which address.
+
+The defaults must fit JupyterHub without flags: a kernel in a singleuser pod finds its
+namespace in the service-account mount, its image in ``JUPYTER_IMAGE_SPEC`` and its
+reachable address in its pod IP. Outside a cluster (a laptop with a kubeconfig) the same
+questions are answered from the kubeconfig. Nothing here raises: callers decide what a
+missing answer means.
+"""
+
+from __future__ import annotations
+
+import getpass
+import ipaddress
+import json
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import yaml
+
+if TYPE_CHECKING:  # the kubernetes client is slow to import; --backend auto must not pay it
+    from .client import Api
+
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+#: Downward-API variable names seen in the wild (z2jh sets none of them; kubemagic's own
+#: docs suggest KUBEMAGIC_POD_*).
+_POD_NAME_VARS = ("KUBEMAGIC_POD_NAME", "POD_NAME", "MY_POD_NAME")
+_POD_IP_VARS = ("KUBEMAGIC_POD_IP", "POD_IP", "MY_POD_IP")
+_POD_UID_VARS = ("KUBEMAGIC_POD_UID", "POD_UID", "MY_POD_UID")
+_POD_NAMESPACE_VARS = ("KUBEMAGIC_POD_NAMESPACE", "POD_NAMESPACE", "MY_POD_NAMESPACE")
+
+
+def in_cluster() -> bool:
+    """True inside a pod that has a service-account token (in-cluster config works)."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and (
+        SERVICE_ACCOUNT_DIR / "token"
+    ).is_file()
+
+
+def kubernetes_config_available() -> bool:
+    """Can the Kubernetes backend plausibly work here? Used by ``--backend auto``.
+
+    In-cluster token → yes. Otherwise the kubeconfig's current context must name a
+    server that accepts a TCP connection within half a second: a stale kubeconfig
+    pointing at a deleted cluster should mean local engines, not a start-up error.
+    Never raises.
+    """
+    try:
+        if in_cluster():
+            return True
+        server = kubeconfig_server()
+        if not server:
+            return False
+        url = urlparse(server)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        with socket.create_connection((url.hostname or "", port), timeout=0.5):
+            return True
+    except Exception:
+        return False
+
+
+def _kubeconfig_paths() -> list[Path]:
+    env = os.environ.get("KUBECONFIG")
+    if env:
+        return [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+    return [Path("~/.kube/config").expanduser()]
+
+
+def _current_context(context: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(context dict, cluster dict) of the kubeconfig's current or given context."""
+    merged: dict[str, list[dict[str, Any]]] = {"contexts": [], "clusters": []}
+    current = context
+    for path in _kubeconfig_paths():
+        if not path.is_file():
+            continue
+        doc = yaml.safe_load(path.read_text()) or {}
+        current = current or doc.get("current-context")
+        for key in merged:
+            merged[key].extend(doc.get(key) or [])
+    ctx = next((c.get("context") or {} for c in merged["contexts"] if c.get("name") == current), {})
+    cluster = next(
+        (c.get("cluster") or {} for c in merged["clusters"] if c.get("name") == ctx.get("cluster")),
+        {},
+    )
+    return ctx, cluster
+
+
+def kubeconfig_server(context: str | None = None) -> str | None:
+    """API server URL of the kubeconfig context, or None."""
+    try:
+        return _current_context(context)[1].get("server")
+    except Exception:
+        return None
+
+
+def default_namespace(context: str | None = None) -> str:
+    """Service-account namespace in a pod, else the kubeconfig context's, else ``default``."""
+    try:
+        if in_cluster():
+            return (SERVICE_ACCOUNT_DIR / "namespace").read_text().strip() or "default"
+        return _current_context(context)[0].get("namespace") or "default"
+    except Exception:
+        return "default"
+
+
+def _first_env(names: tuple[str, ...]) -> str | None:
+    return next((os.environ[n] for n in names if os.environ.get(n)), None)
+
+
+def pod_name() -> str | None:
+    """This kernel's pod name: a downward-API variable, else the hostname (pods' default)."""
+    if not in_cluster():
+        return None
+    return _first_env(_POD_NAME_VARS) or socket.gethostname()
+
+
+def pod_namespace() -> str | None:
+    """This kernel's pod namespace."""
+    if not in_cluster():
+        return None
+    return _first_env(_POD_NAMESPACE_VARS) or default_namespace()
+
+
+def pod_uid() -> str | None:
+    """This kernel's pod UID from the downward API, when exposed (else read the pod)."""
+    return _first_env(_POD_UID_VARS) if in_cluster() else None
+
+
+def pod_ip() -> str | None:
+    """This kernel's pod IP: a downward-API variable, else what the hostname resolves to
+    (the kubelet writes the pod IP for the hostname into /etc/hosts)."""
+    if not in_cluster():
+        return None
+    found = _first_env(_POD_IP_VARS)
+    if found:
+        return found
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return None
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def image_from_env() -> str | None:
+    """The notebook's image as JupyterHub advertises it (``JUPYTER_IMAGE_SPEC``/``JUPYTER_IMAGE``)."""
+    return _first_env(("JUPYTER_IMAGE_SPEC", "JUPYTER_IMAGE"))
+
+
+def own_pod(api: "Api") -> dict[str, Any] | None:
+    """This kernel's pod as an API dict, or None (not in a pod, or not allowed to read it)."""
+    name, namespace = pod_name(), pod_namespace()
+    if not name or not namespace:
+        return None
+    try:
+        response = api.core.read_namespaced_pod(
+            name, namespace, _preload_content=False, _request_timeout=5
+        )
+        return json.loads(response.data)
+    except Exception:
+        return None
+
+
+def image_of_pod(pod: dict[str, Any]) -> str | None:
+    """The image of a pod's main container: the only one, or JupyterHub's ``notebook``."""
+    containers = (pod.get("spec") or {}).get("containers") or []
+    if not containers:
+        return None
+    preferred = next((c for c in containers if c.get("name") == "notebook"), containers[0])
+    return preferred.get("image")
+
+
+def own_image(api: "Api") -> str | None:
+    """The notebook's image: ``JUPYTER_IMAGE_SPEC``/``JUPYTER_IMAGE`` (JupyterHub sets them),
+    else the image of the kernel's own pod, else None. Engines run what the kernel runs."""
+    image = image_from_env()
+    if not image and in_cluster():
+        image = image_of_pod(own_pod(api) or {})
+    return image
+
+
+def owner_user() -> str:
+    """Who owns the engines, for the ``kubemagic.io/owner`` label."""
+    user = os.environ.get("JUPYTERHUB_USER") or os.environ.get("USER")
+    if not user:
+        try:
+            user = getpass.getuser()
+        except Exception:
+            user = "unknown"
+    return user
+
+
+def route_source_address(host: str) -> str | None:
+    """The local address the kernel would use to reach ``host`` (no packet is sent)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return None
+
+
+def detect_controller_address(context: str | None = None) -> str | None:
+    """An address engine pods can probably reach the kernel at, or None.
+
+    1. In a pod: the pod IP — always reachable from other pods.
+    2. Otherwise the local address on the route to the API server, when that is not
+       loopback (kernel and nodes share a network).
+    3. A local single-node cluster (API server on loopback): the address of the default
+       route — the node's own address, which its pods reach through the CNI bridge.
+    """
+    if in_cluster():
+        return pod_ip()
+    server = kubeconfig_server(context)
+    if server:
+        host = urlparse(server).hostname or ""
+        try:
+            target = host if _is_ip(host) else socket.gethostbyname(host)
+        except OSError:
+            target = None
+        if target and not ipaddress.ip_address(target).is_loopback:
+            return route_source_address(target)
+    return route_source_address("192.0.2.1")  # TEST-NET-1: only selects the default route
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    """True for "", ``localhost`` and loopback addresses — places pods cannot reach the
+    kernel at. Names are resolved here; an unresolvable name is given the benefit of the
+    doubt (cluster DNS may know it)."""
+    if not host:
+        return True
+    try:
+        address = host if _is_ip(host) else socket.gethostbyname(host)
+    except OSError:
+        return False
+    return ipaddress.ip_address(address).is_loopback

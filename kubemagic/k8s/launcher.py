@@ -1,0 +1,620 @@
+"""``KubernetesEngineSetLauncher``: ipyparallel engines as the pods of one Indexed Job.
+
+Registered as the ``kubernetes`` entry point of ``ipyparallel.engine_launchers``, so plain
+ipyparallel works too::
+
+    ipp.Cluster(engines="kubernetes", controller_ip="0.0.0.0",
+                controller_location="<address pods can reach>", n=4)
+
+Slot ``i`` is completion index ``i``; its engine sees it as ``$KUBEMAGIC_ENGINE_INDEX``.
+Scaling patches ``parallelism`` and ``completions`` together (scaling down removes the
+highest indices). The engine connection info (HMAC key, CurveZMQ server key) lives only
+in a Secret owned by the Job. This module is the only one that creates, changes or
+deletes engine objects in the cluster; building them is :mod:`.manifests`' job.
+
+Every API call is blocking (the official client) and runs in a worker thread, so the
+event loop driving the launcher never stalls on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal as signals
+import time
+from textwrap import indent
+from typing import Any
+
+from ipyparallel.cluster.launcher import EngineLauncher, LauncherError, NotRunning, ProcessStateError
+from traitlets import Bool, Dict, Integer, List, Unicode, default
+
+from ..errors import SessionError, UsageError
+from . import incluster, manifests
+from .client import REQUEST_TIMEOUT, Api, api_call, connect, is_not_found
+from .diagnose import explain
+from .options import KubernetesOptions, parse_options
+from .podstate import pod_state, slot_states
+from .watch import JobMirror
+
+_MERGE_PATCH = "application/merge-patch+json"
+#: At most this many pods are asked for events/logs by :meth:`diagnose` (it must stay fast
+#: with 100 identical Pending pods).
+_DIAGNOSE_PODS = 5
+
+
+class KubernetesEngineSetLauncher(EngineLauncher):
+    """Launch ``n`` ipyparallel engines as an Indexed Kubernetes Job, and resize it."""
+
+    entrypoint_name = "kubernetes"
+
+    # -- configuration (traitlets; kubemagic's backend fills these from its options) --
+
+    image = Unicode(
+        "",
+        config=True,
+        help="Engine image. Default: $JUPYTER_IMAGE_SPEC, $JUPYTER_IMAGE, or the image of "
+        "the kernel's own pod; it must have kubemagic installed (python -m kubemagic.k8s.engine).",
+    )
+    namespace = Unicode(
+        "",
+        config=True,
+        help="Namespace of the Job. Default: the service account's namespace in a pod, "
+        "else the kubeconfig context's, else 'default'.",
+    ).tag(to_dict=True)
+    cpu = Unicode("", config=True, help="CPU request per engine (e.g. '2', '500m').")
+    memory = Unicode("", config=True, help="Memory request and limit per engine (e.g. '2Gi').")
+    gpu = Integer(0, config=True, help="nvidia.com/gpu limit per engine.")
+    node_selector = Dict(config=True, help="nodeSelector of the engine pods.")
+    tolerations = List(config=True, help="Tolerations of the engine pods (Kubernetes dicts).")
+    service_account = Unicode(
+        "",
+        config=True,
+        help="Service account of the engine pods (its token is mounted); default none, "
+        "and no token.",
+    )
+    image_pull_policy = Unicode("", config=True, help="Always, IfNotPresent or Never.")
+    pod_overrides = Dict(
+        config=True,
+        help="Partial pod spec deep-merged last into the engine pods' spec "
+        "('metadata' patches the pod template's metadata).",
+    )
+    run_as_user = Integer(
+        1000,
+        allow_none=True,
+        config=True,
+        help="Run engines as this non-root uid; None keeps the image's user.",
+    )
+    active_deadline_seconds = Integer(
+        0, config=True, help="Fail the Job after this many seconds (0: never)."
+    )
+    backoff_limit = Integer(
+        1000,
+        config=True,
+        help="Engine crashes tolerated before the Job fails (evictions and deletions do not count).",
+    )
+    termination_grace_period_seconds = Integer(
+        5, config=True, help="Seconds an engine pod gets between SIGTERM and SIGKILL."
+    )
+    kubeconfig = Unicode(
+        "", config=True, help="Kubeconfig file (default: in-cluster config, else $KUBECONFIG)."
+    ).tag(to_dict=True)
+    context = Unicode("", config=True, help="Kubeconfig context.").tag(to_dict=True)
+    owner_reference_to_kernel_pod = Bool(
+        True,
+        config=True,
+        help="When the kernel runs in a pod of the same namespace, make that pod own the "
+        "Job, so deleting the notebook server deletes its engines.",
+    )
+    engine_cmd = List(
+        ["python", "-m", "kubemagic.k8s.engine"],
+        config=True,
+        help="Command of the engine container (its arguments are engine_args).",
+    )
+
+    # -- state persisted by ipyparallel's cluster file --
+
+    job_name = Unicode("").tag(to_dict=True)
+    job_uid = Unicode("").tag(to_dict=True)
+
+    @default("namespace")
+    def _default_namespace(self) -> str:
+        return incluster.default_namespace(self.context or None)
+
+    # ---------------------------------------------------------------------------------
+
+    _api: Api | None = None
+    _mirror: JobMirror | None = None
+    _stopping = False
+    _controller_url = ""
+
+    def find_args(self) -> list[str]:
+        return list(self.engine_cmd) + list(self.engine_args)
+
+    @property
+    def api(self) -> Api:
+        """The API connection (created on first use, from kubeconfig/context or in-cluster)."""
+        if self._api is None:
+            self._api = connect(self.kubeconfig or None, self.context or None)
+        return self._api
+
+    @api.setter
+    def api(self, api: Api) -> None:
+        self._api = api
+
+    def options(self) -> KubernetesOptions:
+        """The launcher's configuration, checked like the magic's flags (same errors)."""
+        return parse_options(
+            image=self.image or None,
+            namespace=self.namespace or None,
+            cpu=self.cpu or None,
+            memory=self.memory or None,
+            gpu=self.gpu,
+            node_selector=self.node_selector,
+            tolerations=self.tolerations,
+            service_account=self.service_account or None,
+            image_pull_policy=self.image_pull_policy or None,
+            pod_overrides=self.pod_overrides,
+            active_deadline_seconds=self.active_deadline_seconds or None,
+            run_as_user=self.run_as_user,
+        )
+
+    # -- start ----------------------------------------------------------------------------
+
+    async def start(self, n: int) -> dict[str, str]:
+        """Create the Secret and the Job for slots ``0..n-1``; return once created.
+
+        Engines register with the controller later; :meth:`engine_states` and
+        :meth:`diagnose` tell how far they are.
+        """
+        if self.state != "before":
+            raise ProcessStateError(f"engine Job already started (state {self.state})")
+        if n < 1:
+            raise UsageError(f"cannot start {n} engines", fix="start at least one engine")
+        self.loop  # bind notify_stop's loop here, on the caller's thread, not a watch thread
+        options = self.options()
+        connection = await asyncio.to_thread(self._connection_info)
+        self.n = n
+        self.job_name = manifests.job_name(self.cluster_id, self.engine_set_id)
+        await asyncio.to_thread(self._create, options, connection)
+        self._watch()
+        return self.notify_start({"job": self.job_name, "namespace": self.namespace})
+
+    def _connection_info(self) -> str:
+        """The controller's engine connection info (JSON), checked to be reachable from pods.
+
+        ``ipp.Cluster`` passes it as ``$IPP_CONNECTION_INFO`` in :attr:`environment`;
+        otherwise it is read from the controller's engine connection file.
+        """
+        text = self.environment.get("IPP_CONNECTION_INFO")
+        if not text:
+            path = self.connection_files["engine"]
+            deadline = time.monotonic() + 30
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            try:
+                with open(path) as f:
+                    text = f.read()
+            except OSError as e:
+                raise LauncherError(f"no controller connection file {path}: {e}") from None
+        info = json.loads(text)
+        interface = info.get("interface", "")
+        host = interface.partition("://")[2]
+        location = info.get("location") or ""
+        target = location if host in ("0.0.0.0", "*") else host
+        if incluster.is_loopback(target):
+            raise UsageError(
+                f"the controller is only reachable at {target or interface} (loopback), "
+                "which engine pods cannot reach",
+                fix="start the controller on all interfaces with an address pods can reach: "
+                "ipp.Cluster(controller_ip='0.0.0.0', controller_location='<kernel address>') "
+                "— kubemagic does this for you (--controller-address to override)",
+            )
+        self._controller_url = f"tcp://{target}:{info.get('registration')}"
+        return text
+
+    def _pod_env(self) -> dict[str, str]:
+        """Environment of the engine containers, without what must not be a literal.
+
+        The connection info goes into the Secret; ``IPP_PROFILE_DIR`` is a path on the
+        kernel's machine, meaningless (and unwritable) in a pod.
+        """
+        env = self.get_env()
+        for name in ("IPP_CONNECTION_INFO", "IPP_PROFILE_DIR"):
+            env.pop(name, None)
+        return {k: str(v) for k, v in env.items()}
+
+    def _owner(self) -> dict[str, Any] | None:
+        """ownerReference to the kernel's pod — only within the same namespace: a
+        cross-namespace owner counts as absent, and the garbage collector would delete
+        the Job at once."""
+        if not self.owner_reference_to_kernel_pod or incluster.pod_namespace() != self.namespace:
+            return None
+        name, uid = incluster.pod_name(), incluster.pod_uid()
+        if not uid:
+            pod = incluster.own_pod(self.api) or {}
+            uid = (pod.get("metadata") or {}).get("uid")
+        if not name or not uid:
+            return None
+        return manifests.owner_reference("v1", "Pod", name, uid)
+
+    def resolve_image(self, options: KubernetesOptions) -> str:
+        """The engine image: configured, else the notebook's own (:func:`.incluster.own_image`)."""
+        image = options.image or incluster.own_image(self.api)
+        if not image:
+            raise UsageError(
+                "no engine image: the kernel is not in a JupyterHub pod ($JUPYTER_IMAGE_SPEC "
+                "is unset) and its own pod's image is unknown",
+                fix="pass --image <an image with kubemagic and your libraries installed> "
+                "(KubernetesEngineSetLauncher.image for plain ipyparallel)",
+            )
+        return image
+
+    def job_manifest(
+        self, options: KubernetesOptions, image: str, owner: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The Job for :attr:`n` slots, as :func:`.manifests.engine_job` builds it from this
+        launcher's configuration."""
+        return manifests.engine_job(
+            name=self.job_name,
+            namespace=self.namespace,
+            labels=self._labels(),
+            image=image,
+            command=list(self.engine_cmd),
+            args=list(self.engine_args),
+            n=self.n,
+            secret_name=self.job_name,
+            env=self._pod_env(),
+            cpu=options.cpu,
+            memory=options.memory,
+            gpu=options.gpu,
+            node_selector=options.node_selector,
+            tolerations=options.tolerations,
+            service_account=options.service_account,
+            image_pull_policy=options.image_pull_policy,
+            run_as_user=options.run_as_user,
+            active_deadline_seconds=options.active_deadline_seconds,
+            backoff_limit=self.backoff_limit,
+            termination_grace_period_seconds=self.termination_grace_period_seconds,
+            owner=owner,
+            pod_overrides=options.pod_overrides,
+        )
+
+    def _labels(self) -> dict[str, str]:
+        return manifests.engine_labels(self.cluster_id, incluster.owner_user(), self.engine_set_id)
+
+    def _create(self, options: KubernetesOptions, connection: str) -> None:
+        """Create Secret → Job → make the Job own the Secret. On any failure, delete what was
+        created: a failed start leaves nothing behind."""
+        ns, name = self.namespace, self.job_name
+        job = self.job_manifest(options, self.resolve_image(options), self._owner())
+        secret = manifests.connection_secret(name, ns, self._labels(), connection)
+        api = self.api
+        with api_call("create", "secrets", ns):
+            api.core.create_namespaced_secret(
+                ns, secret, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+            )
+        try:
+            with api_call("create", "jobs.batch", ns):
+                created = api.read_json(
+                    api.batch.create_namespaced_job(
+                        ns,
+                        job,
+                        field_validation="Strict",
+                        _preload_content=False,
+                        _request_timeout=REQUEST_TIMEOUT,
+                    )
+                )
+            self.job_uid = created["metadata"]["uid"]
+            with api_call("patch", "secrets", ns):
+                api.core.patch_namespaced_secret(
+                    name,
+                    ns,
+                    manifests.secret_owner_patch(name, self.job_uid),
+                    _content_type=_MERGE_PATCH,
+                    _preload_content=False,
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
+        except BaseException:
+            self._delete_objects(wait=False)
+            raise
+
+    def _watch(self) -> None:
+        self._mirror = JobMirror(self.api, self.namespace, self.job_name, self._job_changed)
+        self._mirror.start()
+
+    def _job_changed(self, job: dict[str, Any] | None) -> None:
+        """Watch thread: the Job changed or vanished. A failed, completed or deleted Job
+        means the engines are gone: tell ipyparallel (on its loop) unless we are stopping."""
+        if self._stopping or self.state != "running":
+            return
+        stop_data: dict[str, Any] | None = None
+        if job is None:
+            stop_data = {"exit_code": 1, "reason": f"Job {self.job_name} was deleted"}
+        else:
+            for cond in (job.get("status") or {}).get("conditions") or []:
+                if cond.get("status") != "True":
+                    continue
+                if cond.get("type") == "Failed":
+                    stop_data = {
+                        "exit_code": self._failure_exit_code(),
+                        "reason": f"{cond.get('reason')}: {cond.get('message')}",
+                    }
+                elif cond.get("type") == "Complete":
+                    stop_data = {"exit_code": 0, "reason": "all engines exited"}
+        if stop_data is not None:
+            stop_data["identifier"] = self.job_name
+            self.loop.add_callback(self.notify_stop, stop_data)
+
+    def _failure_exit_code(self) -> int:
+        """The exit code of the newest failed engine (17 when the controller was lost)."""
+        assert self._mirror is not None
+        failed = [pod_state(p) for p in self._mirror.pods_with_history()]
+        failed = [s for s in failed if s.phase == "Failed" and s.exit_code is not None]
+        return max(failed, key=lambda s: s.created).exit_code if failed else 1  # type: ignore[return-value]
+
+    # -- stop -----------------------------------------------------------------------------
+
+    async def stop(self) -> dict[str, Any]:
+        """Delete the Job (foreground: its pods first) and the Secret; return when no pod
+        and no Job is left, or raise ``TimeoutError`` after ``stop_timeout`` seconds."""
+        self._stopping = True
+        try:
+            if self.job_name:
+                await asyncio.to_thread(self._delete_objects, wait=True)
+        finally:
+            if self._mirror is not None:
+                self._mirror.stop()
+        data = {"exit_code": 0, "reason": "stopped", "identifier": self.job_name}
+        self.notify_stop(data)
+        return data
+
+    def _delete_objects(self, *, wait: bool) -> None:
+        """Delete Job and Secret (404 is success); with ``wait``, until pods and Job are gone."""
+        api, ns, name = self.api, self.namespace, self.job_name
+        for verb_resource, call in (
+            (
+                "jobs.batch",
+                lambda: api.batch.delete_namespaced_job(
+                    name,
+                    ns,
+                    propagation_policy="Foreground",
+                    grace_period_seconds=0,
+                    _preload_content=False,
+                    _request_timeout=REQUEST_TIMEOUT,
+                ),
+            ),
+            (
+                "secrets",
+                lambda: api.core.delete_namespaced_secret(
+                    name, ns, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+                ),
+            ),
+        ):
+            try:
+                with api_call("delete", verb_resource, ns):
+                    call()
+            except Exception as e:
+                if not is_not_found(e):
+                    raise
+        if not wait:
+            return
+        deadline = time.monotonic() + self.stop_timeout
+        while True:
+            left = self._remaining_objects()
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"engine Job {name} still has {left} in namespace {ns} after "
+                    f"{self.stop_timeout} s"
+                )
+            time.sleep(0.2)
+
+    def _remaining_objects(self) -> str:
+        """"" when the Job and all its pods are gone, else what is left (for the timeout)."""
+        api, ns, name = self.api, self.namespace, self.job_name
+        with api_call("list", "pods", ns):
+            pods = api.read_json(
+                api.core.list_namespaced_pod(
+                    ns,
+                    label_selector=f"{manifests.JOB_NAME_LABEL}={name}",
+                    _preload_content=False,
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
+            )["items"]
+        if pods:
+            return f"{len(pods)} pod(s)"
+        try:
+            with api_call("get", "jobs.batch", ns):
+                api.batch.read_namespaced_job(
+                    name, ns, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+                )
+        except Exception as e:
+            if is_not_found(e):
+                return ""
+            raise
+        return "the Job"
+
+    # -- ipyparallel's launcher API ----------------------------------------------------
+
+    def poll(self) -> int | None:
+        """None while the engines' Job is running, else the exit code ipyparallel recorded."""
+        if self.state == "running":
+            return None
+        return (self.stop_data or {}).get("exit_code", 0)
+
+    def signal(self, sig: int) -> None:
+        """SIGTERM/SIGKILL restart every engine (its pod is deleted, the Job replaces it).
+
+        Other signals cannot reach a pod's process without ``pods/exec``; interrupt a
+        running task with ``Client.send_signal`` instead, which goes through the engine's
+        nanny over the controller.
+        """
+        if sig not in (signals.SIGTERM, signals.SIGKILL):
+            raise LauncherError(
+                f"signal {sig} cannot be delivered to engine pods; use "
+                "Client.send_signal(signal, targets) (through the engine's nanny)"
+            )
+        if self._mirror is None:
+            return
+        grace = 0 if sig == signals.SIGKILL else self.termination_grace_period_seconds
+        for pod in self._mirror.pods():
+            try:
+                with api_call("delete", "pods", self.namespace):
+                    self.api.core.delete_namespaced_pod(
+                        pod["metadata"]["name"],
+                        self.namespace,
+                        grace_period_seconds=grace,
+                        _preload_content=False,
+                        _request_timeout=REQUEST_TIMEOUT,
+                    )
+            except Exception as e:
+                if not is_not_found(e):
+                    raise
+
+    def get_output(self, remove: bool = False) -> str:
+        """Log tails of the engine pods (live ones from the API, gone ones from their
+        termination messages). ``remove`` is accepted for API compatibility: there is
+        no local file to remove."""
+        if self._mirror is None:
+            return ""
+        parts = []
+        live = {p["metadata"]["name"] for p in self._mirror.pods()}
+        for pod in sorted(self._mirror.pods_with_history(), key=lambda p: p["metadata"]["name"]):
+            state = pod_state(pod)
+            text = self._pod_log(state.name) if state.name in live and self.state == "running" else state.message
+            if text:
+                parts.append(f"Output for engine {state.index} (pod {state.name})")
+                parts.append(indent("".join(text.splitlines(True)[-self.output_limit :]), "  "))
+        return "\n".join(parts)
+
+    def _pod_log(self, pod: str, lines: int | None = None) -> str:
+        try:
+            with api_call("get", "pods/log", self.namespace):
+                response = self.api.core.read_namespaced_pod_log(
+                    pod,
+                    self.namespace,
+                    container=manifests.ENGINE_CONTAINER,
+                    tail_lines=lines or self.output_limit,
+                    _preload_content=False,
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
+            return response.data.decode("utf8", "replace")
+        except Exception:
+            return ""  # no container yet, pod gone, or logs not readable: nothing to show
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **kwargs: Any) -> "KubernetesEngineSetLauncher":
+        """Reattach to a running engine Job (e.g. ``ipcluster`` or a new kernel reading the
+        cluster file); raises ``NotRunning`` when the Job is gone or has failed."""
+        self = super().from_dict(d, **kwargs)
+        if not self.job_name:
+            raise NotRunning("no engine Job recorded")
+        try:
+            with api_call("get", "jobs.batch", self.namespace):
+                job = self.api.read_json(
+                    self.api.batch.read_namespaced_job(
+                        self.job_name,
+                        self.namespace,
+                        _preload_content=False,
+                        _request_timeout=REQUEST_TIMEOUT,
+                    )
+                )
+        except Exception as e:
+            if is_not_found(e):
+                raise NotRunning(f"engine Job {self.job_name} is gone") from None
+            raise
+        for cond in (job.get("status") or {}).get("conditions") or []:
+            if cond.get("type") in ("Failed", "Complete") and cond.get("status") == "True":
+                raise NotRunning(f"engine Job {self.job_name} has finished: {cond.get('reason')}")
+        self.loop
+        self._watch()
+        return self
+
+    # -- kubemagic's ScalableEngineLauncher protocol -------------------------------------
+
+    async def scale(self, n: int) -> None:
+        """Resize to slots ``0..n-1``: new indices get pods, indices ``>= n`` are deleted by
+        the Job controller. ``0`` suspends the Job (no pods, Job kept)."""
+        if n < 0:
+            raise UsageError(f"cannot scale to {n} engines", fix="give a number >= 0")
+        if self.state != "running":
+            raise SessionError(
+                f"cannot scale: the engine Job is not running (state {self.state})",
+                fix="start the engines again",
+            )
+        try:
+            with api_call("patch", "jobs.batch", self.namespace):
+                await asyncio.to_thread(
+                    self.api.batch.patch_namespaced_job,
+                    self.job_name,
+                    self.namespace,
+                    manifests.scale_patch(n),
+                    _content_type=_MERGE_PATCH,
+                    _preload_content=False,
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
+        except Exception as e:
+            if is_not_found(e):
+                raise SessionError(
+                    f"cannot scale: engine Job {self.job_name} no longer exists (it failed or "
+                    "was deleted)",
+                    fix="restart the session's engines",
+                ) from None
+            raise
+        self.n = n
+
+    def engine_states(self) -> list[dict[str, Any]]:
+        """One dict per slot (index, name, phase, reason, message, exit_code, node, created),
+        from the watch mirror: no I/O."""
+        if self._mirror is None:
+            return []
+        return [s.as_dict() for s in slot_states(self._mirror.pods(), self.n)]
+
+    async def diagnose(self) -> str:
+        """Explain what keeps engines from connecting (see :func:`.diagnose.explain`)."""
+        if self._mirror is None:
+            return "the engine Job was never created"
+        return await asyncio.to_thread(self._diagnose)
+
+    def _diagnose(self) -> str:
+        assert self._mirror is not None
+        pods = self._mirror.pods_with_history()
+        slots = slot_states(self._mirror.pods(), self.n)
+        troubled = [s.name for s in slots if s.name and s.phase != "Running"][:_DIAGNOSE_PODS]
+        running = [s.name for s in slots if s.phase == "Running"][:_DIAGNOSE_PODS]
+        notes = []
+        events: dict[str, list[dict[str, Any]]] = {}
+        for name in [self.job_name, *troubled]:
+            try:
+                events[name] = self._events(name)
+            except Exception as e:
+                notes.append(f"  (events of {name} unavailable: {e})")
+                break
+        logs = {name: self._pod_log(name, lines=40) for name in running}
+        text = explain(
+            job_name=self.job_name,
+            namespace=self.namespace,
+            n=self.n,
+            job=self._mirror.job(),
+            pods=pods,
+            events=events,
+            logs=logs,
+            controller_url=self._controller_url,
+        )
+        if self._mirror.error:
+            notes.append(f"  ({self._mirror.error})")
+        return "\n".join([text, *notes])
+
+    def _events(self, name: str) -> list[dict[str, Any]]:
+        with api_call("list", "events", self.namespace):
+            return self.api.read_json(
+                self.api.core.list_namespaced_event(
+                    self.namespace,
+                    field_selector=f"involvedObject.name={name}",
+                    _preload_content=False,
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
+            )["items"]
+

@@ -1,0 +1,414 @@
+"""Pure builders of the Kubernetes objects kubemagic creates: plain dicts in, plain dicts out.
+
+No I/O here, so every policy decision (labels, failure policy, security context, what
+the engine pods may and may not carry) is visible in one place and unit-tested without a
+cluster. :mod:`kubemagic.k8s.launcher` applies these objects; :mod:`kubemagic.k8s.rbac`
+renders the RBAC ones as YAML.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from typing import Any, Mapping
+
+#: Engine exit code meaning "the controller is gone" (heartbeats stopped, or registration
+#: timed out). The Job's podFailurePolicy fails the whole Job on it, so engines of a dead
+#: kernel vanish in seconds instead of being recreated for minutes.
+EXIT_CONTROLLER_GONE = 17
+#: Engine exit code after SIGTERM (pod deleted, evicted, scaled away). Non-zero on purpose:
+#: an Indexed Job counts a pod that exits 0 as its index *completed* and never replaces
+#: it; this code is Ignored by the podFailurePolicy, so the index gets a new pod without
+#: using up the backoff limit.
+EXIT_TERMINATED = 143
+
+ENGINE_CONTAINER = "engine"
+#: Key of the engine connection info (HMAC key, CurveZMQ server key) in the Secret.
+SECRET_KEY = "IPP_CONNECTION_INFO"
+INDEX_ENV = "KUBEMAGIC_ENGINE_INDEX"
+POD_NAME_ENV = "KUBEMAGIC_POD_NAME"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_OWNER = "kubemagic.io/owner"
+LABEL_ENGINE_SET = "kubemagic.io/engine-set"
+
+#: The engine pods' selector used by the NetworkPolicy (no per-session labels in it).
+ENGINE_POD_SELECTOR = {LABEL_NAME: "kubemagic", LABEL_COMPONENT: "engine"}
+
+#: JupyterHub (z2jh) labels of singleuser pods: the pods where kernels, and so controllers,
+#: run. Engines must never carry them — they would inherit the singleuser NetworkPolicy.
+SINGLEUSER_POD_LABELS = {"component": "singleuser-server"}
+
+#: Exactly the API calls the backend makes, in one namespace. ``kubemagic rbac`` prints
+#: these; ``tests/k8s`` runs the backend under them. Secrets get no get/list: the engine
+#: Secret is only ever written, and the service account cannot read other Secrets.
+ROLE_RULES: list[dict[str, Any]] = [
+    {
+        "apiGroups": ["batch"],
+        "resources": ["jobs"],
+        "verbs": ["create", "get", "list", "watch", "patch", "delete"],
+    },
+    # delete: KubernetesEngineSetLauncher.signal(SIGTERM/SIGKILL) restarts engines this way
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
+]
+
+#: IPython needs a writable profile dir, and the image's $HOME may not belong to the
+#: engines' user (``run_as_user``). Users' ``env`` overrides it.
+_DEFAULT_ENGINE_ENV = {"IPYTHONDIR": "/tmp/.ipython"}
+
+_LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9._-]+")
+_NAME_BAD = re.compile(r"[^a-z0-9-]+")
+#: Job names stay short: pod hostnames are "<job>-<index>" and must fit in 63 characters.
+_MAX_JOB_NAME = 52
+
+
+def sanitize_label_value(value: str) -> str:
+    """Make any string a valid label value: ``[A-Za-z0-9._-]``, alphanumeric ends, ≤ 63."""
+    text = _LABEL_VALUE_BAD.sub("-", value)[:63].strip("-_.")
+    return text or "unknown"
+
+
+def job_name(cluster_id: str, engine_set_id: str = "") -> str:
+    """A DNS-1123 name for the Job and its Secret, unique per cluster and engine set.
+
+    Long ids are shortened with a hash so two sessions never collide on a truncated name.
+    """
+    raw = "-".join(p for p in ("kubemagic", cluster_id, engine_set_id) if p).lower()
+    name = _NAME_BAD.sub("-", raw).strip("-")
+    if len(name) > _MAX_JOB_NAME or name != raw:
+        digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
+        name = f"{name[: _MAX_JOB_NAME - 9].rstrip('-')}-{digest}"
+    return name
+
+
+def engine_labels(cluster_id: str, owner: str, engine_set_id: str = "") -> dict[str, str]:
+    """Labels of the Job, its pods and its Secret (``kubemagic ls``/``clean`` select on them)."""
+    labels = {
+        LABEL_NAME: "kubemagic",
+        LABEL_INSTANCE: sanitize_label_value(cluster_id),
+        LABEL_COMPONENT: "engine",
+        LABEL_MANAGED_BY: "kubemagic",
+        LABEL_OWNER: sanitize_label_value(owner),
+    }
+    if engine_set_id:
+        labels[LABEL_ENGINE_SET] = sanitize_label_value(engine_set_id)
+    return labels
+
+
+def owner_reference(api_version: str, kind: str, name: str, uid: str) -> dict[str, Any]:
+    """An ownerReference for garbage collection.
+
+    ``blockOwnerDeletion`` stays unset: setting it needs update rights on the owner's
+    finalizers, which the least-privilege Role does not grant.
+    """
+    return {"apiVersion": api_version, "kind": kind, "name": name, "uid": uid}
+
+
+def connection_secret(
+    name: str, namespace: str, labels: Mapping[str, str], connection_info: str
+) -> dict[str, Any]:
+    """The Secret holding the engine connection info — the only place the keys live."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+        "type": "Opaque",
+        "stringData": {SECRET_KEY: connection_info},
+    }
+
+
+def secret_owner_patch(job: str, job_uid: str) -> dict[str, Any]:
+    """Merge patch making the Job own its Secret, so the Secret goes when the Job goes
+    (stop, failure + ttlSecondsAfterFinished, or the kernel pod's deletion)."""
+    return {"metadata": {"ownerReferences": [owner_reference("batch/v1", "Job", job, job_uid)]}}
+
+
+def scale_patch(n: int) -> dict[str, Any]:
+    """Merge patch resizing an Indexed Job to slots 0..n-1.
+
+    Elastic Indexed Jobs require ``parallelism`` and ``completions`` to change together;
+    scaling down removes the highest indices. ``n == 0`` suspends the Job instead (zero
+    completions would make it complete — and ``ttlSecondsAfterFinished`` delete it).
+    """
+    if n == 0:
+        return {"spec": {"suspend": True}}
+    return {"spec": {"suspend": False, "parallelism": n, "completions": n}}
+
+
+def engine_job(
+    *,
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    image: str,
+    command: list[str],
+    args: list[str],
+    n: int,
+    secret_name: str,
+    env: Mapping[str, str] | None = None,
+    cpu: str | None = None,
+    memory: str | None = None,
+    gpu: int = 0,
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: list[dict[str, Any]] | None = None,
+    service_account: str | None = None,
+    image_pull_policy: str | None = None,
+    run_as_user: int | None = 1000,
+    active_deadline_seconds: int | None = None,
+    backoff_limit: int = 1000,
+    termination_grace_period_seconds: int = 5,
+    owner: Mapping[str, Any] | None = None,
+    pod_overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The engines' Indexed Job: slot ``i`` is completion index ``i``.
+
+    Failure policy, in rule order:
+
+    * exit :data:`EXIT_CONTROLLER_GONE` → FailJob: the controller died, replacements
+      could never register; with ``ttlSecondsAfterFinished: 0`` Job, pods and (owned)
+      Secret disappear within seconds.
+    * ``DisruptionTarget`` (eviction, preemption, node drain) → Ignore: replaced, not
+      counted.
+    * exit :data:`EXIT_TERMINATED` (pod deleted) → Ignore: replaced, not counted.
+    * anything else (OOM kill, crash) counts against a generous ``backoffLimit``.
+    """
+    container: dict[str, Any] = {
+        "name": ENGINE_CONTAINER,
+        "image": image,
+        "command": list(command),
+        "args": list(args),
+        "env": _engine_env(secret_name, env or {}),
+        # the tail of the log lands in the pod status when the engine fails, so the
+        # reason survives the pod (ttlSecondsAfterFinished deletes it at once)
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if image_pull_policy:
+        container["imagePullPolicy"] = image_pull_policy
+    resources = _resources(cpu, memory, gpu)
+    if resources:
+        container["resources"] = resources
+
+    pod_security: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+    if run_as_user is not None:
+        pod_security.update(runAsNonRoot=True, runAsUser=run_as_user)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": termination_grace_period_seconds,
+        # engines do not call the API: no token in the pod (one volume less to mount),
+        # unless the user chose a service account for them, which is a request for its token
+        "automountServiceAccountToken": bool(service_account),
+        # no env var per Service in the namespace (slow start, noisy environment)
+        "enableServiceLinks": False,
+        "securityContext": pod_security,
+        "containers": [container],
+    }
+    if service_account:
+        pod_spec["serviceAccountName"] = service_account
+    if node_selector:
+        pod_spec["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        pod_spec["tolerations"] = copy.deepcopy(list(tolerations))
+
+    template: dict[str, Any] = {"metadata": {"labels": dict(labels)}, "spec": pod_spec}
+    overrides = dict(pod_overrides or {})
+    if "metadata" in overrides:
+        template["metadata"] = deep_merge(template["metadata"], overrides.pop("metadata"))
+    template["spec"] = deep_merge(pod_spec, overrides)
+
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
+    if owner:
+        metadata["ownerReferences"] = [dict(owner)]
+    spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": n,
+        "parallelism": n,
+        "backoffLimit": backoff_limit,
+        "ttlSecondsAfterFinished": 0,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": ENGINE_CONTAINER,
+                        "operator": "In",
+                        "values": [EXIT_CONTROLLER_GONE],
+                    },
+                },
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {
+                    "action": "Ignore",
+                    "onExitCodes": {
+                        "containerName": ENGINE_CONTAINER,
+                        "operator": "In",
+                        "values": [EXIT_TERMINATED],
+                    },
+                },
+            ]
+        },
+        "template": template,
+    }
+    if active_deadline_seconds:
+        spec["activeDeadlineSeconds"] = active_deadline_seconds
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
+
+
+def _engine_env(secret_name: str, env: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Engine env: the connection info by reference (never a literal), the slot index from
+    the completion-index annotation, then the user's variables."""
+    reserved = {SECRET_KEY, INDEX_ENV, POD_NAME_ENV}
+    clash = reserved & set(env)
+    if clash:
+        raise ValueError(f"env must not set {', '.join(sorted(clash))}: kubemagic sets it")
+    return [
+        {
+            "name": SECRET_KEY,
+            "valueFrom": {"secretKeyRef": {"name": secret_name, "key": SECRET_KEY}},
+        },
+        {
+            "name": INDEX_ENV,
+            "valueFrom": {
+                "fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}
+            },
+        },
+        {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ] + [{"name": k, "value": v} for k, v in {**_DEFAULT_ENGINE_ENV, **env}.items()]
+
+
+def _resources(cpu: str | None, memory: str | None, gpu: int) -> dict[str, Any]:
+    """Requests and limits.
+
+    CPU is requested, not limited: a CPU limit throttles bursts (numpy threads) for no
+    gain. Memory is requested *and* limited to the same amount, so an engine that
+    outgrows it is OOM-killed in its own pod rather than starving the node. GPUs, an
+    extended resource, must be given as limits.
+    """
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if cpu:
+        requests["cpu"] = cpu
+    if memory:
+        requests["memory"] = limits["memory"] = memory
+    if gpu:
+        limits["nvidia.com/gpu"] = str(gpu)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base``.
+
+    Dicts merge recursively. Lists of dicts that all carry a ``name`` (containers, env,
+    volumes) merge item by item on that name, like a strategic merge patch, so
+    ``{"containers": [{"name": "engine", "volumeMounts": [...]}]}`` adds mounts instead of
+    replacing the container. Any other value replaces.
+    """
+    result = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        old = result.get(key)
+        if isinstance(old, Mapping) and isinstance(value, Mapping):
+            result[key] = deep_merge(old, value)
+        elif _named_list(old) and _named_list(value):
+            merged = {item["name"]: item for item in copy.deepcopy(old)}
+            for item in value:
+                merged[item["name"]] = deep_merge(merged.get(item["name"], {}), item)
+            result[key] = list(merged.values())
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def _named_list(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(i, Mapping) and "name" in i for i in value)
+    )
+
+
+def network_policy(
+    namespace: str,
+    port_range: tuple[int, int],
+    controller_pod_labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Let engine pods reach the controller's port range on the kernel's pod.
+
+    JupyterHub's singleuser NetworkPolicy admits ingress to the kernel's pod only from the
+    hub and proxy, so engines could not register. This policy adds exactly one allowance:
+    TCP ``port_range`` from pods labelled as kubemagic engines. Engines' egress is left
+    alone — user code on them may need the network.
+    """
+    low, high = port_range
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": "kubemagic-engines-to-controller",
+            "namespace": namespace,
+            "labels": {LABEL_NAME: "kubemagic", LABEL_MANAGED_BY: "kubemagic"},
+        },
+        "spec": {
+            "podSelector": {"matchLabels": dict(controller_pod_labels or SINGLEUSER_POD_LABELS)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": dict(ENGINE_POD_SELECTOR)}}],
+                    "ports": [{"protocol": "TCP", "port": low, "endPort": high}],
+                }
+            ],
+        },
+    }
+
+
+def service_account(name: str, namespace: str) -> dict[str, Any]:
+    """The service account the kernel (the backend) runs as."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": namespace},
+    }
+
+
+def role(name: str, namespace: str) -> dict[str, Any]:
+    """The least-privilege Role: :data:`ROLE_RULES` in one namespace."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": name, "namespace": namespace},
+        "rules": copy.deepcopy(ROLE_RULES),
+    }
+
+
+def role_binding(
+    name: str, namespace: str, service_account_name: str, service_account_namespace: str | None = None
+) -> dict[str, Any]:
+    """Binds :func:`role` ``name`` to the service account (which may live in another namespace)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [
+            {
+                "kind": "ServiceAccount",
+                "name": service_account_name,
+                "namespace": service_account_namespace or namespace,
+            }
+        ],
+    }

@@ -1,0 +1,130 @@
+"""What an engine pod is doing, in one line: phase, reason, message — from the raw pod dict.
+
+A pod's status spreads its story over phase, conditions and container states; the
+widget needs "Pending — Unschedulable: 0/1 nodes are available: 1 Insufficient cpu" and
+the error after a timeout needs the same. Pure functions over API dicts (camelCase, as
+the API sends them), so they are tested with recorded pods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+from .manifests import COMPLETION_INDEX_ANNOTATION, ENGINE_CONTAINER
+
+
+@dataclass(frozen=True)
+class PodState:
+    """One engine pod's condensed status."""
+
+    #: completion index = engine slot (None if the pod lacks the annotation)
+    index: int | None
+    #: pod name ("" for a slot whose pod the Job has not created yet)
+    name: str
+    #: Pending, Running, Succeeded, Failed, Terminating or Unknown
+    phase: str
+    #: short cause: Unschedulable, ContainerCreating, ImagePullBackOff, OOMKilled, ...
+    reason: str = ""
+    #: the platform's own words about it (scheduler message, pull error, log tail)
+    message: str = ""
+    exit_code: int | None = None
+    node: str = ""
+    created: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The dict shape of :meth:`ScalableEngineLauncher.engine_states`."""
+        return asdict(self)
+
+
+def pod_index(pod: dict[str, Any]) -> int | None:
+    """The pod's completion index, from the annotation the Job controller sets."""
+    meta = pod.get("metadata") or {}
+    value = (meta.get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
+    if value is None:
+        value = (meta.get("labels") or {}).get(COMPLETION_INDEX_ANNOTATION)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _engine_status(status: dict[str, Any]) -> dict[str, Any]:
+    statuses = status.get("containerStatuses") or []
+    return next((c for c in statuses if c.get("name") == ENGINE_CONTAINER), statuses[0] if statuses else {})
+
+
+def pod_state(pod: dict[str, Any]) -> PodState:
+    """Condense one pod (an API dict) into a :class:`PodState`."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    phase = status.get("phase") or "Unknown"
+    container = _engine_status(status)
+    state = container.get("state") or {}
+    base = {
+        "index": pod_index(pod),
+        "name": meta.get("name", ""),
+        "node": (pod.get("spec") or {}).get("nodeName") or "",
+        "created": meta.get("creationTimestamp") or "",
+    }
+
+    terminated = state.get("terminated")
+    if phase in ("Failed", "Succeeded") or terminated:
+        terminated = terminated or {}
+        return PodState(
+            phase=phase if phase in ("Failed", "Succeeded") else "Terminating",
+            reason=status.get("reason") or terminated.get("reason") or "",
+            message=(status.get("message") or terminated.get("message") or "").strip(),
+            exit_code=terminated.get("exitCode"),
+            **base,
+        )
+    if meta.get("deletionTimestamp"):
+        return PodState(phase="Terminating", reason="Deleting", **base)
+    if phase == "Pending":
+        scheduled = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {}
+        )
+        if scheduled.get("status") == "False":
+            return PodState(
+                phase=phase,
+                reason=scheduled.get("reason") or "Unschedulable",
+                message=scheduled.get("message") or "",
+                **base,
+            )
+        waiting = state.get("waiting") or {}
+        if waiting:
+            return PodState(
+                phase=phase,
+                reason=waiting.get("reason") or "",
+                message=waiting.get("message") or "",
+                **base,
+            )
+        return PodState(phase=phase, reason="Scheduled" if base["node"] else "", **base)
+    return PodState(phase=phase, reason=status.get("reason") or "", **base)
+
+
+def slot_states(pods: Iterable[dict[str, Any]], n: int) -> list[PodState]:
+    """One state per slot ``0..n-1``: the slot's newest pod, or "NotCreated".
+
+    A slot can have several pods (a failed one and its replacement); the newest tells
+    what the slot is doing now.
+    """
+    newest: dict[int, PodState] = {}
+    for pod in pods:
+        state = pod_state(pod)
+        if state.index is None or state.index >= n:
+            continue
+        old = newest.get(state.index)
+        if old is None or state.created >= old.created:
+            newest[state.index] = state
+    return [
+        newest.get(i)
+        or PodState(
+            index=i,
+            name="",
+            phase="Pending",
+            reason="NotCreated",
+            message="the Job has not created this pod yet",
+        )
+        for i in range(n)
+    ]

@@ -1,0 +1,82 @@
+"""``kubemagic rbac``: the least-privilege RBAC (and NetworkPolicy) the backend needs, as YAML.
+
+An admin pipes it into ``kubectl apply -f -`` once per namespace. The Role holds exactly
+:data:`~kubemagic.k8s.manifests.ROLE_RULES` — the calls the backend makes, nothing more —
+so "kubemagic needs cluster-admin" is never the answer to a 403.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from . import manifests
+from .options import DEFAULT_PORT_RANGE, parse_port_range
+
+
+def render_rbac(
+    namespace: str,
+    service_account: str = "kubemagic",
+    network_policy: bool = True,
+    *,
+    service_account_namespace: str | None = None,
+    port_range: str = DEFAULT_PORT_RANGE,
+) -> str:
+    """Multi-document YAML: ServiceAccount, Role, RoleBinding and, optionally, the
+    NetworkPolicy letting engine pods reach the controller's ports.
+
+    ``service_account_namespace`` binds an account living elsewhere (a kernel in one
+    namespace starting engines in another); the ServiceAccount is then not emitted.
+    """
+    sa_namespace = service_account_namespace or namespace
+    docs = []
+    if sa_namespace == namespace:
+        docs.append(manifests.service_account(service_account, namespace))
+    docs.append(manifests.role("kubemagic", namespace))
+    docs.append(manifests.role_binding("kubemagic", namespace, service_account, sa_namespace))
+    if network_policy:
+        docs.append(manifests.network_policy(namespace, parse_port_range(port_range)))
+    header = (
+        f"# kubemagic: least-privilege access for service account {sa_namespace}/"
+        f"{service_account} in namespace {namespace}\n"
+    )
+    return header + yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True)
+
+
+def main_rbac(argv: list[str] | None = None) -> int:
+    """``kubemagic rbac [--namespace NS] [--service-account NAME] ...``: print the YAML."""
+    parser = argparse.ArgumentParser(
+        prog="kubemagic rbac",
+        description="Print the ServiceAccount, Role, RoleBinding (and NetworkPolicy) kubemagic "
+        "needs, for `kubectl apply -f -`.",
+    )
+    parser.add_argument("--namespace", "-n", default="default", help="namespace of the engines")
+    parser.add_argument(
+        "--service-account", default="kubemagic", help="account the kernel runs as"
+    )
+    parser.add_argument(
+        "--service-account-namespace",
+        default=None,
+        help="namespace of that account, if not --namespace",
+    )
+    parser.add_argument(
+        "--port-range",
+        default=DEFAULT_PORT_RANGE,
+        help="controller ports the NetworkPolicy opens to engine pods",
+    )
+    parser.add_argument(
+        "--no-network-policy", action="store_true", help="leave out the NetworkPolicy"
+    )
+    args = parser.parse_args(argv)
+    sys.stdout.write(
+        render_rbac(
+            args.namespace,
+            args.service_account,
+            network_policy=not args.no_network_policy,
+            service_account_namespace=args.service_account_namespace,
+            port_range=args.port_range,
+        )
+    )
+    return 0
