@@ -22,11 +22,21 @@ PR_SET_PDEATHSIG = 1
 PARENT_PID_ENV = "KUBEMAGIC_PARENT_PID"
 
 
-def arm_parent_death_signal() -> None:
-    """Ask Linux to SIGKILL us when our parent dies; exit now if it already has."""
+def _set_pdeathsig() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def arm_parent_death_signal() -> None:
+    """Ask Linux to SIGKILL us when our parent dies; exit now if it already has.
+
+    The setting is not inherited across fork, and ipcontroller forks helper processes
+    even with ``use_threads``; re-arming in every forked child makes the whole tree
+    follow the kernel down (each child dies with the process that forked it).
+    """
+    _set_pdeathsig()
+    os.register_at_fork(after_in_child=_set_pdeathsig)
     expected = os.environ.get(PARENT_PID_ENV)
     if expected and os.getppid() != int(expected):
         # the parent died between fork and prctl: nobody will signal us
