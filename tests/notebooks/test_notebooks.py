@@ -107,13 +107,18 @@ def test_quickstart(kernel_spec, tmp_path):
     assert "last map: 20/20 items, done" in status
     assert result(cell(nb, "cluster.map(lambda")) == str([x * x for x in range(10)])
     assert "engines and controller stopped" in text(cell(nb, "%kubemap stop"))
-    # the widget the %%kubemap cell displayed: 2 engines ready, progress bar full
+    # the widget the %%kubemap cell displayed, as saved at the end of the notebook: it
+    # followed the session to the end (stopped after `%kubemap stop`), and its progress bar
+    # is full for the last map (the 10 squares of the Python-API cell)
     models = widget_models(nb)
-    titles = [m.get("value", "") for m in models if m.get("_model_name") == "HTMLModel"]
-    assert any("<span class='kubemagic-ready'>2</span>" in t for t in titles), titles
+    titles = [m.get("value", "") for m in models if "kubemagic-ready" in m.get("value", "")]
+    assert titles and all("local · stopped" in t for t in titles), titles
+    assert all("<span class='kubemagic-requested'>2</span>" in t for t in titles), titles
     bars = [m for m in models if m.get("_model_name") == "IntProgressModel"
             and m.get("description") == "progress"]
-    assert bars and bars[0]["value"] == bars[0]["max"] == 20, bars
+    assert bars and bars[0]["value"] == bars[0]["max"] == 10, bars
+    labels = [m.get("value", "") for m in models if "items/s" in m.get("value", "")]
+    assert any(t.startswith("10/10 items") and "done in" in t for t in labels), labels
 
 
 def test_data_and_imports(kernel_spec, tmp_path):
