@@ -24,7 +24,6 @@ _MAX_LOG_LINES = 8
 def hint(state: PodState, controller_url: str = "") -> str:
     """A one-line fix for a pod's problem, or "" when the state needs none."""
     text = f"{state.reason} {state.message}"
-    where = f" ({controller_url})" if controller_url else ""
     if state.reason == "Unschedulable" or "nodes are available" in state.message:
         if "nvidia.com/gpu" in text:
             return "no node has that many free nvidia.com/gpu: lower --gpu, or add GPU nodes / the NVIDIA device plugin"
@@ -44,16 +43,21 @@ def hint(state: PodState, controller_url: str = "") -> str:
     if state.reason == "CreateContainerConfigError":
         return "the pod's configuration is incomplete (see message); the connection Secret may have been deleted"
     if state.exit_code == EXIT_CONTROLLER_GONE:
-        return (
-            f"the engine could not reach the controller{where} or lost it: check that the "
-            "controller address is reachable from pods (--controller-address, firewalls, "
-            "NetworkPolicy: `kubemagic rbac` prints one)"
-        )
+        return unreachable(controller_url)
     if state.reason == "OOMKilled":
         return "the engine ran out of memory: raise --memory"
     if state.phase == "Failed":
         return "the engine process failed at start-up: see its output above (is kubemagic installed in --image?)"
     return ""
+
+
+def unreachable(controller_url: str) -> str:
+    """The fix for engines that cannot reach (or lost) the controller."""
+    return (
+        f"engines cannot reach the controller at {controller_url or '?'} (or lost it): check "
+        "that --controller-address is reachable from pods (firewall; NetworkPolicy: "
+        "`kubemagic rbac` prints one)"
+    )
 
 
 def registration_problem(log: str) -> str | None:
@@ -125,10 +129,7 @@ def explain(
                     "last log lines:"
                 )
                 lines.append(_quote(stuck))
-                hints.append(
-                    f"engines cannot reach the controller at {url or '?'}: check "
-                    "--controller-address is reachable from pods (firewall, NetworkPolicy)"
-                )
+                hints.append(unreachable(url))
         for event in _warnings(events.get(state.name, [])):
             lines.append(f"      event {event}")
         fix = hint(state, controller_url)
@@ -137,9 +138,7 @@ def explain(
 
     current = {s.name for s in slots}
     failed = [
-        pod_state(p)
-        for p in pods
-        if pod_state(p).phase == "Failed" and pod_state(p).name not in current
+        s for s in map(pod_state, pods) if s.phase == "Failed" and s.name not in current
     ]
     seen: set[str] = set()
     for state in failed:

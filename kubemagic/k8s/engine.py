@@ -117,12 +117,14 @@ class KubernetesEngine(IPEngine):
 def _write_termination_message(reason: str, recent: list[str]) -> None:
     """Put the reason and the last log lines where the kubelet reads the termination
     message (it survives in the pod status after the container is gone)."""
+    if not os.path.exists(TERMINATION_LOG):
+        return  # not in a container (the kubelet mounts this file): the log has it
     text = "\n".join([reason, *recent])[-3800:]
     try:
         with open(TERMINATION_LOG, "w") as f:
             f.write(text)
     except OSError:
-        pass  # not in a pod (tests, plain ipengine use): the log has it
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:
