@@ -111,13 +111,13 @@ def test_quickstart(kernel_spec, tmp_path):
     # followed the session to the end (stopped after `%kubemap stop`), and its progress bar
     # is full for the last map (the 10 squares of the Python-API cell)
     models = widget_models(nb)
-    titles = [m.get("value", "") for m in models if "kubemagic-ready" in m.get("value", "")]
+    titles = [m.get("value", "") for m in models if "kubemagic-ready" in str(m.get("value", ""))]
     assert titles and all("local · stopped" in t for t in titles), titles
     assert all("<span class='kubemagic-requested'>2</span>" in t for t in titles), titles
     bars = [m for m in models if m.get("_model_name") == "IntProgressModel"
             and m.get("description") == "progress"]
     assert bars and bars[0]["value"] == bars[0]["max"] == 10, bars
-    labels = [m.get("value", "") for m in models if "items/s" in m.get("value", "")]
+    labels = [m.get("value", "") for m in models if "items/s" in str(m.get("value", ""))]
     assert any(t.startswith("10/10 items") and "done in" in t for t in labels), labels
 
 
