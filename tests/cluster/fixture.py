@@ -204,14 +204,22 @@ class Cluster:
 
 
 def _healthy_apiserver(kubeconfig: str) -> tuple[bool, str]:
+    """GET /readyz with the kubeconfig's credentials (independent of the client's API style)."""
+    import ssl
+    import urllib.request
+
     try:
-        from kubernetes import client, config
+        from kubernetes import config
 
         api = config.new_client_from_config(config_file=kubeconfig)
         try:
-            body = api.call_api("/readyz", "GET", response_type="str", _return_http_data_only=True,
-                                _request_timeout=10)
-            return (str(body).strip() == "ok"), str(body)
+            cfg = api.configuration
+            ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+            if cfg.cert_file:
+                ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+            with urllib.request.urlopen(cfg.host + "/readyz", context=ctx, timeout=10) as r:
+                body = r.read().decode(errors="replace").strip()
+            return body == "ok", body
         finally:
             api.close()
     except Exception as e:  # noqa: BLE001
