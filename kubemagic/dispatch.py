@@ -19,7 +19,7 @@ import ipyparallel as ipp
 
 from . import remote
 from ._loop import wait_until
-from .errors import KubemagicError, SessionError, UsageError
+from .errors import KubemagicError, SessionError, StartupError, UsageError
 from .mapping import ChunkPlanner, MapRun, Progress
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ class MapHandle:
         run, session = self.run, self.session
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         last_progress = 0.0
+        starved_since: float | None = None  # when the last ready engine went away
         try:
             while run.active:
                 if self._cancel.is_set():
@@ -110,6 +111,17 @@ class MapHandle:
                     break
                 session.process_events()
                 self._fill(session.ready_ids())
+                if self._inflight or session.ready_ids():
+                    starved_since = None
+                elif starved_since is None:
+                    starved_since = time.monotonic()
+                elif time.monotonic() - starved_since > session.start_timeout:
+                    run.fail(StartupError(
+                        f"no engine has been available for {session.start_timeout:.0f} s "
+                        f"({run.done} of {run.total} items done)",
+                        fix="look at %kubemap status and %kubemap logs for why engines "
+                        "are gone; %kubemap scale N starts new ones"))
+                    break
                 if self._inflight:
                     done, _ = concurrent.futures.wait(
                         list(self._inflight), timeout=0.05,

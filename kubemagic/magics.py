@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from IPython.core.error import UsageError as IPythonUsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
@@ -75,7 +76,10 @@ class KubeMagics(Magics):
 
         Line: ``%kubemap status | scale N | stop | logs [LINES] | widget | start [options]``.
         """
-        args = parse_argstring(self.kubemap, line)
+        try:
+            args = parse_argstring(self.kubemap, line)
+        except IPythonUsageError as e:  # argparse's message, plus where to look
+            raise UsageError(f"%kubemap: {e}", fix="see %kubemap? for the options") from None
         if cell is None:
             return self._line(args)
         return self._cell(args, cell)
@@ -194,6 +198,9 @@ class KubeMagics(Magics):
     def _session(self, args: Any) -> session_mod.KubeCluster:
         """The kernel's session: reuse it, scale it if -n differs, or start one."""
         options = {k: getattr(args, k) for k in _FLEET_OPTIONS if getattr(args, k) is not None}
+        if args.engines is not None and args.engines < 1:
+            raise UsageError(f"-n/--engines must be at least 1, not {args.engines}",
+                             fix="e.g. -n 4 (to park the fleet without engines: %kubemap scale 0)")
         existing = session_mod.current()
         if existing is not None and existing.state == "running":
             conflicts = [k for k, v in options.items()
@@ -229,7 +236,11 @@ class KubeMagics(Magics):
         return {n: ns[n] for n in names}
 
     def _evaluate(self, expr: str, what: str) -> Any:
+        """Evaluate FUNC/ITERABLE in the notebook; quotes only group words, so
+        ``'(x for x in xs)'`` is the generator, not a string."""
         ns = self.shell.user_ns  # type: ignore[union-attr]
+        if len(expr) >= 2 and expr[0] == expr[-1] and expr[0] in "'\"":
+            expr = expr[1:-1]
         try:
             return eval(expr, ns)
         except NameError as e:

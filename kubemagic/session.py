@@ -489,6 +489,9 @@ class KubeCluster:
                 "another map is still running on these engines",
                 fix="wait for it, or cancel it (Stop button / handle.cancel())",
             )
+        if self._target == 0:
+            raise SessionError("the fleet is scaled to 0 engines",
+                               fix="scale up first: %kubemap scale N (or cluster.scale(N))")
         args = _materialize(iterables)
         handle = MapHandle(
             self, func, args, chunksize=_check_chunksize(chunksize), ordered=ordered,

@@ -1,0 +1,117 @@
+"""%%kubemap in a real kernel on local engines: results, reuse, replay, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from ._kernel import Kernel
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    k = Kernel()
+    k.run("%load_ext kubemagic\nimport kubemagic\nxs = list(range(30))\nweights = 3")
+    k.run("%%kubemap score xs -n 2 --backend local --push weights --out results\n"
+          "import math as m\n"
+          "def score(x):\n    return m.sqrt(x) * weights\n")
+    yield k
+    k.shutdown()
+
+
+def test_results_in_order(kernel):
+    out = kernel.run("import math\nprint(results == [math.sqrt(x) * 3 for x in xs])")
+    assert out.strip() == "True"
+
+
+def test_second_cell_reuses_engines(kernel):
+    before = kernel.run("print(kubemagic.current().cluster_id, sorted(kubemagic.current().ready_ids()))")
+    kernel.run("%%kubemap score xs --out again\npass\n")
+    after = kernel.run("print(kubemagic.current().cluster_id, sorted(kubemagic.current().ready_ids()))")
+    assert before == after
+    assert kernel.run("print(again == results)").strip() == "True"
+
+
+def test_unordered_and_chunksize_and_return_exceptions(kernel):
+    kernel.run("%%kubemap inv xs --unordered --chunksize 7 --return-exceptions --out inv_r\n"
+               "def inv(x):\n    return 1 / x\n")
+    out = kernel.run("errs = [r for r in inv_r if isinstance(r, kubemagic.RemoteItemError)]\n"
+                     "print(len(inv_r), len(errs), errs[0].index, errs[0].ename)")
+    assert out.split() == ["30", "1", "0", "ZeroDivisionError"]
+
+
+def test_failing_item_raises_one_error_naming_the_item(kernel):
+    err = kernel.run_error("%%kubemap boom xs --out nope\n"
+                           "def boom(x):\n    if x == 17:\n        raise ValueError('bad 17')\n"
+                           "    return x\n")
+    assert err["ename"] == "RemoteItemError"
+    assert "item 17 (17) raised ValueError: bad 17" in err["evalue"]
+    assert "remote traceback" in err["evalue"] and "how to fix" in err["evalue"]
+    # one clear message, no traceback into kubemagic's internals
+    assert not any("dispatch.py" in line for line in err["traceback"])
+
+
+def test_scale_up_replays_pushes_and_imports_to_new_engines(kernel):
+    kernel.run("%kubemap scale 3")
+    out = kernel.run(
+        "s = kubemagic.current()\n"
+        "r = s.map(lambda i: (weights, m.__name__, score(4)), range(60), progress=False)\n"
+        "print(len(s.ready_ids()), set(r))")
+    assert out.strip() == "3 {(3, 'math', 6.0)}"
+    # every engine, including the one that joined, has the names without a new push
+    out = kernel.run("print(s.client[:].apply_sync(lambda: (weights, m.sqrt(9))))")
+    assert out.strip() == "[(3, 3.0), (3, 3.0), (3, 3.0)]"
+    kernel.run("%kubemap scale 2")
+    assert kernel.run("print(len(s.ready_ids()))").strip() == "2"
+
+
+def test_sync_imports_keeps_aliases(kernel):
+    kernel.run("with kubemagic.current().sync_imports(quiet=True):\n"
+               "    import json as jj\n    from os import path as pth\n")
+    out = kernel.run("print(kubemagic.current().client[:].apply_sync(lambda: (jj.dumps(1), pth.sep)))")
+    assert out.strip() == "[('1', '/'), ('1', '/')]"
+
+
+def test_status_line_magic(kernel):
+    out = kernel.run("%kubemap status")
+    assert "local backend, running, 2/2 engines ready" in out
+    assert "pushed ['weights']" in out
+
+
+BAD_INPUT = [
+    # (cell, expected error class, words the message must contain)
+    ("%%kubemap score nosuch --out r\npass\n", "UsageError", "'nosuch' is not defined"),
+    ("%%kubemap nofunc xs --out r\npass\n", "UsageError", "'nofunc' is not defined"),
+    ("%%kubemap score 42 --out r\npass\n", "UsageError", "not iterable"),
+    ("%%kubemap score xs --push nope,weights\npass\n", "UsageError", "'nope'"),
+    ("%%kubemap score xs\ndef broken(:\n", "UsageError", "syntax error in the cell body"),
+    ("%%kubemap score xs --bogus-flag\npass\n", "UsageError", "unrecognized arguments"),
+    ("%%kubemap score xs -n 0\npass\n", "UsageError", "at least 1"),
+    ("%%kubemap score xs -n -3\npass\n", "UsageError", "at least 1"),
+    ("%%kubemap score xs --chunksize zero\npass\n", "UsageError", "chunksize"),
+    ("%%kubemap score xs --retries -1\npass\n", "UsageError", "retries"),
+    ("%%kubemap score xs --backend local --image foo:1\npass\n", "SessionError", "--image"),
+    ("import threading\nlock = threading.Lock()\n%kubemap widget", None, None),
+    ("%%kubemap score xs --push lock\npass\n", "UsageError", "cannot send"),
+    ("%kubemap scale -3", "UsageError", "at least 0"),
+    ("%kubemap scale lots", "UsageError", "not a whole number"),
+    ("%kubemap frobnicate", "UsageError", "unknown subcommand"),
+]
+
+
+@pytest.mark.parametrize("cell,ename,words", BAD_INPUT)
+def test_bad_input_gives_one_clear_error_and_session_stays_usable(kernel, cell, ename, words):
+    if ename is None:
+        kernel.run(cell)
+        return
+    err = kernel.run_error(cell)
+    assert err["ename"] == ename, err
+    assert words in err["evalue"], err["evalue"]
+    # the kernel is alive and the same engines still map
+    out = kernel.run("print(kubemagic.current().state, kubemagic.current().map(abs, [-5], progress=False))")
+    assert out.strip() == "running [5]"
+
+
+def test_empty_iterable_and_generator(kernel):
+    kernel.run("%%kubemap score [] --out empty\npass\n")
+    kernel.run("%%kubemap score '(x for x in range(4))' --out gen\npass\n")
+    assert kernel.run("print(empty, gen)").strip() == "[] [0.0, 3.0, 4.242640687119286, 5.196152422706632]"
