@@ -11,6 +11,7 @@ widgets live and turning Ctrl-C into a clean cancel.
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -156,6 +157,10 @@ class MapHandle:
                         remote.run_chunk, self.func, self.args[chunk.start:chunk.stop],
                         not self.return_exceptions)
                 except Exception as e:
+                    if not self.session.engine_alive(eid):
+                        # it died before we heard: the chunk never left, nothing to count
+                        self.run.release(chunk)
+                        break
                     self.run.fail(UsageError(
                         f"cannot send {getattr(self.func, '__name__', self.func)!r} or its "
                         f"items to the engines: {type(e).__name__}: {e}",
@@ -178,10 +183,13 @@ class MapHandle:
             if _engine_gone(e):
                 self.run.lost(chunk, f"engine {eid} went away ({e.ename})")
                 return
+            unpicklable = "pickle" in str(e.evalue)
             self.run.fail(SessionError(
                 f"a chunk could not run on engine {eid}: {e.ename}: {e.evalue}\n"
-                f"{e.traceback or ''}".rstrip(),
-                fix="usually a name or module the function needs is missing on the "
+                f"{_ANSI.sub('', e.traceback or '')}".rstrip(),
+                fix="return plain picklable data from the function (not generators, open "
+                "files or locks)" if unpicklable else
+                "usually a name or module the function needs is missing on the "
                 "engines: define it in the cell body, --push it, or import it there"))
         else:
             self.run.complete(chunk, results, seconds)
@@ -204,6 +212,9 @@ class MapHandle:
             info = self.session.engines.get(eid)
             if info is not None:
                 info.inflight -= 1
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _engine_gone(e: Any) -> bool:

@@ -219,6 +219,12 @@ class MapRun:
         self.retried_chunks += 1
         self._requeue_range(chunk.start, chunk.stop, chunk.attempt + 1)
 
+    def release(self, chunk: Chunk) -> None:
+        """Take back a chunk that was never sent (its engine vanished): no attempt used."""
+        self._out.pop(chunk.id, None)
+        if self.active:
+            self._requeue_range(chunk.start, chunk.stop, chunk.attempt)
+
     def _requeue_range(self, start: int, stop: int, attempt: int) -> None:
         # only items still missing; a retried chunk may have been partly done elsewhere
         runs: list[tuple[int, int]] = []

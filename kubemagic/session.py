@@ -328,6 +328,17 @@ class KubeCluster:
         with self._lock:
             return sorted(e.id for e in self.engines.values() if e.state == "ready")
 
+    def engine_alive(self, eid: int) -> bool:
+        """Whether the controller still lists engine ``eid`` (else: mark it gone)."""
+        alive = self._client is not None and eid in self._client.ids
+        if not alive:
+            with self._lock:
+                info = self.engines.get(eid)
+                if info is not None:
+                    info.state = "gone"
+                self._views.pop(eid, None)
+        return alive
+
     def live_engines(self) -> list[EngineInfo]:
         with self._lock:
             return [e for e in self.engines.values() if e.state != "gone"]

@@ -53,7 +53,7 @@ def local_backend(**options: Any) -> BackendSpec:
         name="local",
         engine_launcher_class=ScalableLocalEngineSetLauncher,
         config={"ScalableLocalEngineSetLauncher": {"environment": env}},
-        default_retries=0,
+        default_retries=1,  # an OOM-killed local engine costs a retry, not the map
         start_timeout=60.0,
     )
 

@@ -1,0 +1,71 @@
+"""Local-engine reliability in a real kernel: interrupt, engine loss, use after stop."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ._kernel import Kernel
+
+SETUP = """%load_ext kubemagic
+import kubemagic, os, signal, time
+s = kubemagic.KubeCluster(n=2, backend="local").start()
+s.execute("import time")
+def slow(x):
+    time.sleep(0.05)
+    return x * x
+"""
+
+
+@pytest.fixture
+def kernel():
+    k = Kernel()
+    k.run(SETUP)
+    yield k
+    k.shutdown()
+
+
+def test_interrupt_cancels_pending_work_keeps_engines(kernel):
+    msg_id = kernel.submit("r = s.map(slow, range(2000), progress=False)")
+    time.sleep(2.0)
+    started = time.monotonic()
+    kernel.km.interrupt_kernel()
+    _, errors = kernel.collect(msg_id, timeout=60)
+    assert errors and errors[0]["ename"] == "KeyboardInterrupt"
+    assert time.monotonic() - started < 15  # queued chunks were aborted, not run
+    out = kernel.run("print(s.state, len(s.ready_ids()), s.map(slow, range(5), progress=False))")
+    assert out.strip() == "running 2 [0, 1, 4, 9, 16]"
+
+
+def test_engine_killed_mid_map_every_item_exactly_once(kernel):
+    out = kernel.run(
+        "h = s.map_async(slow, range(300))\n"
+        "time.sleep(1.0)\n"
+        "victim = s.client[0].apply_sync(os.getpid)\n"
+        "os.kill(victim, signal.SIGKILL)\n"
+        "r = h.result()\n"
+        "p = h.progress()\n"
+        "print(r == [x * x for x in range(300)], p.retried_chunks >= 1, len(s.ready_ids()))"
+    )
+    assert out.strip() == "True True 1", out
+
+
+@pytest.mark.parametrize("cell,ename,words", [
+    ("s.stop(); s.map(slow, [1])", "SessionError", "stopped"),
+    ("s.stop(); s.scale(3)", "SessionError", "stopped"),
+    ("s.push(f=open(os.devnull))", "UsageError", "cannot send"),
+    ("s.map(lambda x: (yield x), [1])", "SessionError", "cannot pickle 'generator'"),
+    ("import threading\ng = threading.Lock()\ns.map(lambda x, g=g: x, [1])", "UsageError",
+     "cannot send"),
+    ("s.scale(-1)", "UsageError", "at least 0"),
+    ("s.execute('def f(:')", "UsageError", "syntax error"),
+    ("kubemagic.KubeCluster(n=0, backend='local')", "UsageError", "at least 1"),
+    ("kubemagic.KubeCluster(backend='mars')", "UsageError", "unknown backend"),
+    ("kubemagic.KubeCluster(backend='local', memory='1XB')", "UsageError", "--memory"),
+])
+def test_api_misuse_is_one_clear_error(kernel, cell, ename, words):
+    err = kernel.run_error(cell)
+    assert err["ename"] == ename, err
+    assert words in err["evalue"] and "how to fix" in err["evalue"], err["evalue"]
+    assert kernel.run("print('alive')").strip() == "alive"
