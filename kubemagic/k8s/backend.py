@@ -14,13 +14,12 @@ import random
 import socket
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from traitlets.config import Config
 
 from ..backends import BackendSpec
 from ..errors import PermissionDenied, UsageError
 from . import incluster
-from kubernetes.client.exceptions import ApiException
-
 from .client import REQUEST_TIMEOUT, Api, api_call, connect, namespace_missing
 from .launcher import KubernetesEngineSetLauncher
 from .options import MIN_CONTROLLER_PORTS, KubernetesOptions, parse_options

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import kubernetes.client as k8s
 import kubernetes.config as k8s_config
@@ -39,7 +40,8 @@ class Api:
     #: how the backend authenticated, for messages: "in-cluster" or "kubeconfig (context)"
     source: str
 
-    def read_json(self, response: Any) -> Any:
+    @staticmethod
+    def read_json(response: Any) -> Any:
         """Decode a response fetched with ``_preload_content=False`` into plain dicts."""
         return json.loads(response.data)
 
@@ -58,7 +60,9 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Api:
             k8s_config.load_kube_config(
                 config_file=kubeconfig, context=context, client_configuration=configuration
             )
-            source = f"kubeconfig {kubeconfig or '(default)'}" + (f", context {context}" if context else "")
+            source = f"kubeconfig {kubeconfig or '(default)'}" + (
+                f", context {context}" if context else ""
+            )
     except (k8s_config.ConfigException, OSError, TypeError, ValueError) as e:
         raise StartupError(
             f"no usable Kubernetes configuration: {e}",
@@ -79,7 +83,7 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Api:
 def api_message(error: ApiException) -> str:
     """The API server's own one-line explanation from an error response."""
     try:
-        return json.loads(error.body)["message"]
+        return json.loads(error.body or "")["message"]
     except Exception:
         return str(error.reason or error.status)
 
@@ -180,4 +184,3 @@ def namespace_missing(namespace: str) -> UsageError:
 def is_not_found(error: BaseException) -> bool:
     """True for a 404 — e.g. deleting something already gone, which is success."""
     return isinstance(error, ApiException) and error.status == 404
-

@@ -10,7 +10,8 @@ check the wording without a cluster.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from .manifests import EXIT_CONTROLLER_GONE
 from .podstate import PodState, pod_state, slot_states
@@ -21,33 +22,57 @@ _REGISTERED = "Completed registration"
 _MAX_LOG_LINES = 8
 
 
+#: Fixes for unschedulable pods, by a phrase of the scheduler's message; first match wins.
+_SCHEDULING_FIXES = [
+    (
+        "nvidia.com/gpu",
+        "no node has that many free nvidia.com/gpu: lower --gpu, or add GPU nodes "
+        "(with the NVIDIA device plugin)",
+    ),
+    (
+        "Insufficient cpu",
+        "no node has that much free CPU: lower --cpu, use fewer engines, or add nodes",
+    ),
+    (
+        "Insufficient memory",
+        "no node has that much free memory: lower --memory, use fewer engines, or add nodes",
+    ),
+    (
+        "node affinity/selector",
+        "no node matches --node-selector: check the labels (kubectl get nodes --show-labels)",
+    ),
+    ("taint", "the nodes are tainted: add matching --tolerations"),
+    ("", "the scheduler cannot place the engine pods; see its message above"),
+]
+_IMAGE_FIX = (
+    "check that --image exists and the node may pull it "
+    "(private registry: add imagePullSecrets via pod_overrides)"
+)
+#: Fixes by the reason of a waiting or terminated container.
+_REASON_FIXES = {
+    "ErrImageNeverPull": "the image is not on the node and imagePullPolicy is Never: "
+    "load it there, or use --image-pull-policy IfNotPresent",
+    "ImagePullBackOff": _IMAGE_FIX,
+    "ErrImagePull": _IMAGE_FIX,
+    "InvalidImageName": _IMAGE_FIX,
+    "CreateContainerConfigError": "the pod's configuration is incomplete (see the message); "
+    "the connection Secret may have been deleted",
+    "OOMKilled": "the engine ran out of memory: raise --memory",
+}
+
+
 def hint(state: PodState, controller_url: str = "") -> str:
     """A one-line fix for a pod's problem, or "" when the state needs none."""
-    text = f"{state.reason} {state.message}"
     if state.reason == "Unschedulable" or "nodes are available" in state.message:
-        if "nvidia.com/gpu" in text:
-            return "no node has that many free nvidia.com/gpu: lower --gpu, or add GPU nodes / the NVIDIA device plugin"
-        if "Insufficient cpu" in text:
-            return "no node has that much free CPU: lower --cpu, use fewer engines, or add nodes"
-        if "Insufficient memory" in text:
-            return "no node has that much free memory: lower --memory, use fewer engines, or add nodes"
-        if "node affinity/selector" in text or "didn't match Pod's node" in text:
-            return "no node matches --node-selector: check the labels (kubectl get nodes --show-labels)"
-        if "untolerated taint" in text or "had taint" in text:
-            return "the nodes are tainted: add matching --tolerations"
-        return "the scheduler cannot place the engine pods; see its message above"
-    if state.reason == "ErrImageNeverPull":
-        return "the image is not on the node and imagePullPolicy is Never: load it there, or use --image-pull-policy IfNotPresent"
-    if state.reason in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
-        return "check that --image exists and the node may pull it (private registry: add imagePullSecrets via pod_overrides)"
-    if state.reason == "CreateContainerConfigError":
-        return "the pod's configuration is incomplete (see message); the connection Secret may have been deleted"
+        return next(fix for phrase, fix in _SCHEDULING_FIXES if phrase in state.message)
     if state.exit_code == EXIT_CONTROLLER_GONE:
         return unreachable(controller_url)
-    if state.reason == "OOMKilled":
-        return "the engine ran out of memory: raise --memory"
+    if state.reason in _REASON_FIXES:
+        return _REASON_FIXES[state.reason]
     if state.phase == "Failed":
-        return "the engine process failed at start-up: see its output above (is kubemagic installed in --image?)"
+        return (
+            "the engine process failed: see its output above (is kubemagic installed in --image?)"
+        )
     return ""
 
 
@@ -89,7 +114,7 @@ def explain(
     n: int,
     job: Mapping[str, Any] | None,
     pods: Iterable[Mapping[str, Any]],
-    events: Mapping[str, list[Mapping[str, Any]]] | None = None,
+    events: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     logs: Mapping[str, str] | None = None,
     controller_url: str = "",
 ) -> str:
@@ -105,7 +130,9 @@ def explain(
     logs = logs or {}
     slots = slot_states(pods, n)
     running = sum(1 for s in slots if s.phase == "Running")
-    lines = [f"Kubernetes Job {job_name} in namespace {namespace}: {running} of {n} engine pods running."]
+    lines = [
+        f"Kubernetes Job {job_name} in namespace {namespace}: {running} of {n} engine pods running."
+    ]
     if job is None:
         lines.append("  The Job no longer exists (stopped, or failed and removed by its ttl).")
     else:
@@ -137,9 +164,7 @@ def explain(
             hints.append(fix)
 
     current = {s.name for s in slots}
-    failed = [
-        s for s in map(pod_state, pods) if s.phase == "Failed" and s.name not in current
-    ]
+    failed = [s for s in map(pod_state, pods) if s.phase == "Failed" and s.name not in current]
     seen: set[str] = set()
     for state in failed:
         key = f"{state.exit_code}|{state.message}"
@@ -161,7 +186,10 @@ def explain(
     for event in _warnings(events.get(job_name, [])):
         lines.append(f"  Job event {event}")
         if "forbidden" in event or "exceeded quota" in event:
-            hints.append("the namespace's policy refuses the engine pods (quota or PodSecurity): see the Job event")
+            hints.append(
+                "the namespace's policy refuses the engine pods (quota or PodSecurity): "
+                "see the Job event"
+            )
 
     for fix in dict.fromkeys(hints):
         lines.append(f"  fix: {fix}")

@@ -98,7 +98,8 @@ class KubernetesEngine(IPEngine):
         _write_termination_message(reason, list(getattr(self, "_recent", _RecentLines()).lines))
         for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
             try:
-                stream.flush()
+                if stream is not None:
+                    stream.flush()
             except Exception:
                 pass
         os._exit(code)

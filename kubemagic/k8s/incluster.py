@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import getpass
 import ipaddress
-import json
 import os
 import socket
 from pathlib import Path
@@ -35,9 +34,10 @@ _POD_NAMESPACE_VARS = ("KUBEMAGIC_POD_NAMESPACE", "POD_NAMESPACE", "MY_POD_NAMES
 
 def in_cluster() -> bool:
     """True inside a pod that has a service-account token (in-cluster config works)."""
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and (
-        SERVICE_ACCOUNT_DIR / "token"
-    ).is_file()
+    return (
+        bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+        and (SERVICE_ACCOUNT_DIR / "token").is_file()
+    )
 
 
 def kubernetes_config_available() -> bool:
@@ -145,20 +145,21 @@ def pod_ip() -> str | None:
 
 
 def image_from_env() -> str | None:
-    """The notebook's image as JupyterHub advertises it (``JUPYTER_IMAGE_SPEC``/``JUPYTER_IMAGE``)."""
+    """The notebook's image as JupyterHub advertises it (``JUPYTER_IMAGE_SPEC`` or ``_IMAGE``)."""
     return _first_env(("JUPYTER_IMAGE_SPEC", "JUPYTER_IMAGE"))
 
 
-def own_pod(api: "Api") -> dict[str, Any] | None:
+def own_pod(api: Api) -> dict[str, Any] | None:
     """This kernel's pod as an API dict, or None (not in a pod, or not allowed to read it)."""
     name, namespace = pod_name(), pod_namespace()
     if not name or not namespace:
         return None
     try:
-        response = api.core.read_namespaced_pod(
-            name, namespace, _preload_content=False, _request_timeout=5
+        return api.read_json(
+            api.core.read_namespaced_pod(
+                name, namespace, _preload_content=False, _request_timeout=5
+            )
         )
-        return json.loads(response.data)
     except Exception:
         return None
 
@@ -172,7 +173,7 @@ def image_of_pod(pod: dict[str, Any]) -> str | None:
     return preferred.get("image")
 
 
-def own_image(api: "Api") -> str | None:
+def own_image(api: Api) -> str | None:
     """The notebook's image: ``JUPYTER_IMAGE_SPEC``/``JUPYTER_IMAGE`` (JupyterHub sets them),
     else the image of the kernel's own pod, else None. Engines run what the kernel runs."""
     image = image_from_env()

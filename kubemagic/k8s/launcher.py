@@ -24,9 +24,15 @@ import os
 import signal as signals
 import time
 from textwrap import indent
-from typing import Any
+from typing import Any, cast
 
-from ipyparallel.cluster.launcher import EngineLauncher, LauncherError, NotRunning, ProcessStateError
+import kubernetes.client as k8s
+from ipyparallel.cluster.launcher import (
+    EngineLauncher,
+    LauncherError,
+    NotRunning,
+    ProcessStateError,
+)
 from traitlets import Bool, Dict, Integer, List, Unicode, default
 
 from ..errors import SessionError, UsageError
@@ -66,7 +72,9 @@ class KubernetesEngineSetLauncher(EngineLauncher):
     memory = Unicode("", config=True, help="Memory request and limit per engine (e.g. '2Gi').")
     gpu = Integer(0, config=True, help="nvidia.com/gpu limit per engine.")
     node_selector = Dict(config=True, help="nodeSelector of the engine pods.")
-    tolerations = List(config=True, help="Tolerations of the engine pods (Kubernetes dicts).")
+    tolerations = List(
+        Dict(), config=True, help="Tolerations of the engine pods (Kubernetes dicts)."
+    )
     service_account = Unicode(
         "",
         config=True,
@@ -91,7 +99,8 @@ class KubernetesEngineSetLauncher(EngineLauncher):
     backoff_limit = Integer(
         1000,
         config=True,
-        help="Engine crashes tolerated before the Job fails (evictions and deletions do not count).",
+        help="Engine crashes tolerated before the Job fails "
+        "(evictions and deletions do not count).",
     )
     termination_grace_period_seconds = Integer(
         5, config=True, help="Seconds an engine pod gets between SIGTERM and SIGKILL."
@@ -171,7 +180,7 @@ class KubernetesEngineSetLauncher(EngineLauncher):
             raise ProcessStateError(f"engine Job already started (state {self.state})")
         if n < 1:
             raise UsageError(f"cannot start {n} engines", fix="start at least one engine")
-        self.loop  # bind notify_stop's loop here, on the caller's thread, not a watch thread
+        _ = self.loop  # bind notify_stop's loop now, on the caller's thread, not a watch thread
         options = self.options()
         connection = await asyncio.to_thread(self._connection_info)
         self.n = n
@@ -292,14 +301,17 @@ class KubernetesEngineSetLauncher(EngineLauncher):
         api = self.api
         with api_call("create", "secrets", ns):
             api.core.create_namespaced_secret(
-                ns, secret, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+                ns,
+                k8s.V1Secret.model_validate(secret),
+                _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT,
             )
         try:
             with api_call("create", "jobs.batch", ns):
                 created = api.read_json(
                     api.batch.create_namespaced_job(
                         ns,
-                        job,
+                        k8s.V1Job.model_validate(job),
                         field_validation="Strict",
                         _preload_content=False,
                         _request_timeout=REQUEST_TIMEOUT,
@@ -344,7 +356,10 @@ class KubernetesEngineSetLauncher(EngineLauncher):
                     stop_data = {"exit_code": 0, "reason": "all engines exited"}
         if stop_data is not None:
             stop_data["identifier"] = self.job_name
-            self.loop.add_callback(self.notify_stop, stop_data)
+            try:
+                self.loop.add_callback(self.notify_stop, stop_data)
+            except RuntimeError:  # that loop is closed (a finished *_sync call): tell now
+                self.notify_stop(stop_data)
 
     def _failure_exit_code(self) -> int:
         """The exit code of the newest failed engine (17 when the controller was lost)."""
@@ -412,7 +427,7 @@ class KubernetesEngineSetLauncher(EngineLauncher):
             time.sleep(0.2)
 
     def _remaining_objects(self) -> str:
-        """"" when the Job and all its pods are gone, else what is left (for the timeout)."""
+        """ "" when the Job and all its pods are gone, else what is left (for the timeout)."""
         api, ns, name = self.api, self.namespace, self.job_name
         with api_call("list", "pods", ns):
             pods = api.read_json(
@@ -483,7 +498,11 @@ class KubernetesEngineSetLauncher(EngineLauncher):
         live = {p["metadata"]["name"] for p in self._mirror.pods()}
         for pod in sorted(self._mirror.pods_with_history(), key=lambda p: p["metadata"]["name"]):
             state = pod_state(pod)
-            text = self._pod_log(state.name) if state.name in live and self.state == "running" else state.message
+            text = (
+                self._pod_log(state.name)
+                if state.name in live and self.state == "running"
+                else state.message
+            )
             if text:
                 parts.append(f"Output for engine {state.index} (pod {state.name})")
                 parts.append(indent("".join(text.splitlines(True)[-self.output_limit :]), "  "))
@@ -500,12 +519,12 @@ class KubernetesEngineSetLauncher(EngineLauncher):
                     _preload_content=False,
                     _request_timeout=REQUEST_TIMEOUT,
                 )
-            return response.data.decode("utf8", "replace")
+            return bytes(cast(Any, response).data).decode("utf8", "replace")
         except Exception:
             return ""  # no container yet, pod gone, or logs not readable: nothing to show
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], **kwargs: Any) -> "KubernetesEngineSetLauncher":
+    def from_dict(cls, d: dict[str, Any], **kwargs: Any) -> KubernetesEngineSetLauncher:
         """Reattach to a running engine Job (e.g. ``ipcluster`` or a new kernel reading the
         cluster file); raises ``NotRunning`` when the Job is gone or has failed."""
         self = super().from_dict(d, **kwargs)
@@ -528,7 +547,7 @@ class KubernetesEngineSetLauncher(EngineLauncher):
         for cond in (job.get("status") or {}).get("conditions") or []:
             if cond.get("type") in ("Failed", "Complete") and cond.get("status") == "True":
                 raise NotRunning(f"engine Job {self.job_name} has finished: {cond.get('reason')}")
-        self.loop
+        _ = self.loop  # as in start(): bind the loop on this thread
         self._watch()
         return self
 
@@ -617,4 +636,3 @@ class KubernetesEngineSetLauncher(EngineLauncher):
                     _request_timeout=REQUEST_TIMEOUT,
                 )
             )["items"]
-

@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 #: Engine exit code meaning "the controller is gone" (heartbeats stopped, or registration
 #: timed out). The Job's podFailurePolicy fails the whole Job on it, so engines of a dead
@@ -324,7 +325,7 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
         old = result.get(key)
         if isinstance(old, Mapping) and isinstance(value, Mapping):
             result[key] = deep_merge(old, value)
-        elif _named_list(old) and _named_list(value):
+        elif isinstance(old, list) and _named_list(old) and _named_list(value):
             merged = {item["name"]: item for item in copy.deepcopy(old)}
             for item in value:
                 merged[item["name"]] = deep_merge(merged.get(item["name"], {}), item)
@@ -396,7 +397,10 @@ def role(name: str, namespace: str) -> dict[str, Any]:
 
 
 def role_binding(
-    name: str, namespace: str, service_account_name: str, service_account_namespace: str | None = None
+    name: str,
+    namespace: str,
+    service_account_name: str,
+    service_account_namespace: str | None = None,
 ) -> dict[str, Any]:
     """Binds :func:`role` ``name`` to the service account (which may live in another namespace)."""
     return {

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import UsageError
 from .quantities import cpu_quantity, gpu_count, memory_quantity
@@ -84,9 +85,7 @@ def parse_options(**options: Any) -> KubernetesOptions:
         if "image_pull_policy" in o
         else None,
         pod_overrides=parse_pod_overrides(o.get("pod_overrides", {})),
-        controller_address=_address(o["controller_address"])
-        if "controller_address" in o
-        else None,
+        controller_address=_address(o["controller_address"]) if "controller_address" in o else None,
         port_range=parse_port_range(o.get("port_range", DEFAULT_PORT_RANGE)),
         curve=_bool("curve", o.get("curve", True)),
         active_deadline_seconds=_positive_int(

@@ -8,9 +8,12 @@ for every authenticated user) lists what we may do in the namespace; comparing i
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-from .client import Api, api_call, permission_denied
+import kubernetes.client as k8s
+
+from .client import REQUEST_TIMEOUT, Api, api_call, permission_denied
 from .manifests import ROLE_RULES
 
 
@@ -37,8 +40,8 @@ def _covers(rule: dict[str, Any], group: str, resource: str, verb: str) -> bool:
         or "*" in resources
         or (sub and (f"{base}/*" in resources or f"*/{sub}" in resources))
     )
-    return (group in groups or "*" in groups) and bool(resource_ok) and (
-        verb in verbs or "*" in verbs
+    return (
+        (group in groups or "*" in groups) and bool(resource_ok) and (verb in verbs or "*" in verbs)
     )
 
 
@@ -68,12 +71,11 @@ def check_permissions(api: Api, namespace: str) -> None:
     with api_call("create", "selfsubjectrulesreviews.authorization.k8s.io"):
         review = api.read_json(
             api.authorization.create_self_subject_rules_review(
-                body={
-                    "apiVersion": "authorization.k8s.io/v1",
-                    "kind": "SelfSubjectRulesReview",
-                    "spec": {"namespace": namespace},
-                },
+                body=k8s.V1SelfSubjectRulesReview(
+                    spec=k8s.V1SelfSubjectRulesReviewSpec(namespace=namespace)
+                ),
                 _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT,
             )
         )
     status = review.get("status") or {}
@@ -88,7 +90,7 @@ def whoami(api: Api) -> str | None:
     try:
         review = api.read_json(
             api.authentication.create_self_subject_review(
-                body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+                body=k8s.V1SelfSubjectReview(),
                 _preload_content=False,
                 _request_timeout=5,
             )

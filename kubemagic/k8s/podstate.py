@@ -8,8 +8,9 @@ the API sends them), so they are tested with recorded pods.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from .manifests import COMPLETION_INDEX_ANNOTATION, ENGINE_CONTAINER
 
@@ -37,7 +38,7 @@ class PodState:
         return asdict(self)
 
 
-def pod_index(pod: dict[str, Any]) -> int | None:
+def pod_index(pod: Mapping[str, Any]) -> int | None:
     """The pod's completion index, from the annotation the Job controller sets."""
     meta = pod.get("metadata") or {}
     value = (meta.get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
@@ -49,12 +50,14 @@ def pod_index(pod: dict[str, Any]) -> int | None:
         return None
 
 
-def _engine_status(status: dict[str, Any]) -> dict[str, Any]:
+def _engine_status(status: Mapping[str, Any]) -> Mapping[str, Any]:
     statuses = status.get("containerStatuses") or []
-    return next((c for c in statuses if c.get("name") == ENGINE_CONTAINER), statuses[0] if statuses else {})
+    return next(
+        (c for c in statuses if c.get("name") == ENGINE_CONTAINER), statuses[0] if statuses else {}
+    )
 
 
-def pod_state(pod: dict[str, Any]) -> PodState:
+def pod_state(pod: Mapping[str, Any]) -> PodState:
     """Condense one pod (an API dict) into a :class:`PodState`."""
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
@@ -81,7 +84,7 @@ def pod_state(pod: dict[str, Any]) -> PodState:
     if meta.get("deletionTimestamp"):
         return PodState(phase="Terminating", reason="Deleting", **base)
     if phase == "Pending":
-        scheduled = next(
+        scheduled: Mapping[str, Any] = next(
             (c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {}
         )
         if scheduled.get("status") == "False":
@@ -103,7 +106,7 @@ def pod_state(pod: dict[str, Any]) -> PodState:
     return PodState(phase=phase, reason=status.get("reason") or "", **base)
 
 
-def slot_states(pods: Iterable[dict[str, Any]], n: int) -> list[PodState]:
+def slot_states(pods: Iterable[Mapping[str, Any]], n: int) -> list[PodState]:
     """One state per slot ``0..n-1``: the slot's newest pod, or "NotCreated".
 
     A slot can have several pods (a failed one and its replacement); the newest tells

@@ -53,9 +53,7 @@ def main_rbac(argv: list[str] | None = None) -> int:
         "needs, for `kubectl apply -f -`.",
     )
     parser.add_argument("--namespace", "-n", default="default", help="namespace of the engines")
-    parser.add_argument(
-        "--service-account", default="kubemagic", help="account the kernel runs as"
-    )
+    parser.add_argument("--service-account", default="kubemagic", help="account the kernel runs as")
     parser.add_argument(
         "--service-account-namespace",
         default=None,

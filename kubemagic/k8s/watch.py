@@ -13,7 +13,8 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch import Watch

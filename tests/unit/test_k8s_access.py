@@ -23,20 +23,32 @@ def test_render_rbac_is_applyable_yaml():
     assert kinds == ["ServiceAccount", "Role", "RoleBinding", "NetworkPolicy"]
     assert all(d["metadata"]["namespace"] == "team-a" for d in docs)
     assert docs[1]["rules"] == ROLE_RULES
-    assert docs[2]["subjects"] == [{"kind": "ServiceAccount", "name": "alice-sa", "namespace": "team-a"}]
+    assert docs[2]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "alice-sa", "namespace": "team-a"}
+    ]
 
 
 def test_render_rbac_options():
-    docs = list(yaml.safe_load_all(render_rbac("eng", "kernel", network_policy=False,
-                                               service_account_namespace="hub")))
+    docs = list(
+        yaml.safe_load_all(
+            render_rbac("eng", "kernel", network_policy=False, service_account_namespace="hub")
+        )
+    )
     assert [d["kind"] for d in docs] == ["Role", "RoleBinding"]
     assert docs[1]["subjects"][0]["namespace"] == "hub"
 
 
 def test_main_rbac_prints(capsys):
-    assert main_rbac(["--namespace", "x", "--service-account", "s", "--port-range", "48000-48100"]) == 0
+    assert (
+        main_rbac(["--namespace", "x", "--service-account", "s", "--port-range", "48000-48100"])
+        == 0
+    )
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
-    assert docs[-1]["spec"]["ingress"][0]["ports"][0] == {"protocol": "TCP", "port": 48000, "endPort": 48100}
+    assert docs[-1]["spec"]["ingress"][0]["ports"][0] == {
+        "protocol": "TCP",
+        "port": 48000,
+        "endPort": 48100,
+    }
 
 
 def test_role_rules_grant_everything_needed():
@@ -46,7 +58,9 @@ def test_role_rules_grant_everything_needed():
 def test_missing_permissions_named():
     granted = [r for r in ROLE_RULES if r["resources"] != ["secrets"]]
     assert missing_permissions(granted) == [
-        ("create", "secrets"), ("patch", "secrets"), ("delete", "secrets")
+        ("create", "secrets"),
+        ("patch", "secrets"),
+        ("delete", "secrets"),
     ]
     assert ("create", "jobs.batch") in missing_permissions([])
 
@@ -55,10 +69,13 @@ def test_wildcards_and_resource_names():
     assert missing_permissions([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]) == []
     named = [{**r, "resourceNames": ["x"]} for r in ROLE_RULES]
     assert len(missing_permissions(named)) == len(missing_permissions([]))
-    assert missing_permissions(
-        [{"apiGroups": [""], "resources": ["pods/*"], "verbs": ["get"]}],
-        [{"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}],
-    ) == []
+    assert (
+        missing_permissions(
+            [{"apiGroups": [""], "resources": ["pods/*"], "verbs": ["get"]}],
+            [{"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}],
+        )
+        == []
+    )
 
 
 def _api_error(status, message):
@@ -68,8 +85,10 @@ def _api_error(status, message):
 
 
 def test_403_names_verb_resource_namespace_and_rbac_command():
-    msg = ('jobs.batch is forbidden: User "system:serviceaccount:team-a:alice" cannot create '
-           'resource "jobs" in API group "batch" in the namespace "team-a"')
+    msg = (
+        'jobs.batch is forbidden: User "system:serviceaccount:team-a:alice" cannot create '
+        'resource "jobs" in API group "batch" in the namespace "team-a"'
+    )
     with pytest.raises(PermissionDenied) as e:
         with api_call("create", "jobs.batch", "team-a"):
             raise _api_error(403, msg)
@@ -108,12 +127,18 @@ def _kubeconfig(tmp_path, server, namespace=None):
     if namespace:
         ctx["namespace"] = namespace
     path = tmp_path / "config"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "ctx",
-        "clusters": [{"name": "c", "cluster": {"server": server}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "ctx", "context": ctx}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "ctx",
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "ctx", "context": ctx}],
+            }
+        )
+    )
     return str(path)
 
 
@@ -156,7 +181,11 @@ def test_loopback_detection():
 
 
 def test_image_of_pod_prefers_notebook_container(monkeypatch):
-    pod = {"spec": {"containers": [{"name": "proxy", "image": "p"}, {"name": "notebook", "image": "nb:1"}]}}
+    pod = {
+        "spec": {
+            "containers": [{"name": "proxy", "image": "p"}, {"name": "notebook", "image": "nb:1"}]
+        }
+    }
     assert incluster.image_of_pod(pod) == "nb:1"
     assert incluster.image_of_pod({"spec": {"containers": [{"name": "x", "image": "i"}]}}) == "i"
     monkeypatch.setenv("JUPYTER_IMAGE_SPEC", "hub/img:2")

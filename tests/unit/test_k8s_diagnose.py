@@ -26,27 +26,51 @@ def pod(index, name=None, phase="Pending", created="2026-01-01T00:00:00Z", node=
 
 
 def unschedulable(index, message=UNSCHEDULABLE_GPU):
-    return pod(index, node=None, conditions=[
-        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
-    ])
+    return pod(
+        index,
+        node=None,
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": message,
+            }
+        ],
+    )
 
 
 def waiting(index, reason, message=""):
-    return pod(index, containerStatuses=[
-        {"name": "engine", "state": {"waiting": {"reason": reason, "message": message}}}
-    ])
+    return pod(
+        index,
+        containerStatuses=[
+            {"name": "engine", "state": {"waiting": {"reason": reason, "message": message}}}
+        ],
+    )
 
 
 def failed(index, code, message="", name=None, created="2026-01-01T00:00:00Z"):
-    return pod(index, name=name, phase="Failed", created=created, containerStatuses=[
-        {"name": "engine", "state": {"terminated": {"exitCode": code, "reason": "Error", "message": message}}}
-    ])
+    return pod(
+        index,
+        name=name,
+        phase="Failed",
+        created=created,
+        containerStatuses=[
+            {
+                "name": "engine",
+                "state": {"terminated": {"exitCode": code, "reason": "Error", "message": message}},
+            }
+        ],
+    )
 
 
 def running(index, name=None):
-    return pod(index, name=name, phase="Running", containerStatuses=[
-        {"name": "engine", "state": {"running": {}}}
-    ])
+    return pod(
+        index,
+        name=name,
+        phase="Running",
+        containerStatuses=[{"name": "engine", "state": {"running": {}}}],
+    )
 
 
 def test_unschedulable_pod_quotes_scheduler():
@@ -87,11 +111,17 @@ def test_slot_states_newest_pod_per_index_and_missing_slots():
 
 def test_hints_name_the_flag_to_change():
     assert "--gpu" in hint(pod_state(unschedulable(0)))
-    assert "--cpu" in hint(pod_state(unschedulable(0, "0/1 nodes are available: 1 Insufficient cpu.")))
-    assert "--memory" in hint(pod_state(unschedulable(0, "0/1 nodes are available: 1 Insufficient memory.")))
+    assert "--cpu" in hint(
+        pod_state(unschedulable(0, "0/1 nodes are available: 1 Insufficient cpu."))
+    )
+    assert "--memory" in hint(
+        pod_state(unschedulable(0, "0/1 nodes are available: 1 Insufficient memory."))
+    )
     assert "--image" in hint(pod_state(waiting(0, "ImagePullBackOff")))
     assert "IfNotPresent" in hint(pod_state(waiting(0, "ErrImageNeverPull")))
-    assert "tcp://1.2.3.4:47100" in hint(pod_state(failed(0, EXIT_CONTROLLER_GONE)), "tcp://1.2.3.4:47100")
+    assert "tcp://1.2.3.4:47100" in hint(
+        pod_state(failed(0, EXIT_CONTROLLER_GONE)), "tcp://1.2.3.4:47100"
+    )
     assert hint(pod_state(running(0))) == ""
 
 
@@ -106,20 +136,49 @@ def test_explain_quotes_everything_a_user_needs():
         running(0),
         unschedulable(1),
         waiting(2, "ImagePullBackOff", 'Back-off pulling image "nope:1"'),
-        failed(3, EXIT_CONTROLLER_GONE, "no registration reply from the controller at tcp://10.0.0.9:47100", name="job-3-dead"),
+        failed(
+            3,
+            EXIT_CONTROLLER_GONE,
+            "no registration reply from the controller at tcp://10.0.0.9:47100",
+            name="job-3-dead",
+        ),
     ]
     text = explain(
         job_name="job",
         namespace="ns",
         n=3,
-        job={"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
-                                        "message": "Container engine for pod ns/job-3-dead failed with exit code 17"}]}},
+        job={
+            "status": {
+                "conditions": [
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "PodFailurePolicy",
+                        "message": "Container engine for pod ns/job-3-dead failed with exit code 17",  # noqa: E501
+                    }
+                ]
+            }
+        },
         pods=pods,
         events={
-            "job-2-abcde": [{"type": "Warning", "reason": "Failed", "message": 'Failed to pull image "nope:1": not found'}],
-            "job": [{"type": "Warning", "reason": "FailedCreate", "message": 'pods "job-4" is forbidden: exceeded quota: q'}],
+            "job-2-abcde": [
+                {
+                    "type": "Warning",
+                    "reason": "Failed",
+                    "message": 'Failed to pull image "nope:1": not found',
+                }
+            ],
+            "job": [
+                {
+                    "type": "Warning",
+                    "reason": "FailedCreate",
+                    "message": 'pods "job-4" is forbidden: exceeded quota: q',
+                }
+            ],
         },
-        logs={"job-0-abcde": "Registering with controller at tcp://10.0.0.9:47100\nstill waiting\n"},
+        logs={
+            "job-0-abcde": "Registering with controller at tcp://10.0.0.9:47100\nstill waiting\n"
+        },
         controller_url="tcp://10.0.0.9:47100",
     )
     assert "1 of 3 engine pods running" in text

@@ -23,15 +23,21 @@ from kubemagic.k8s.manifests import EXIT_CONTROLLER_GONE, EXIT_TERMINATED
 def _engine(env, *args):
     return subprocess.Popen(
         [sys.executable, "-m", "kubemagic.k8s.engine", *args],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
 @pytest.fixture
 def controller(tmp_path):
     loop = asyncio.new_event_loop()
-    cluster = ipp.Cluster(n=0, profile_dir=str(tmp_path), controller_args=["--HeartMonitor.period=200"],
-                          shutdown_atexit=False)
+    cluster = ipp.Cluster(
+        n=0,
+        profile_dir=str(tmp_path),
+        controller_args=["--HeartMonitor.period=200"],
+        shutdown_atexit=False,
+    )
     loop.run_until_complete(cluster.start_controller())
     info = loop.run_until_complete(cluster.controller.get_connection_info())
     env = dict(os.environ, IPP_CONNECTION_INFO=json.dumps(info["engine"]))

@@ -30,10 +30,17 @@ def _container(job):
 
 
 def test_job_is_a_valid_kubernetes_job():
-    job = _job(cpu="1", memory="1Gi", gpu=1, node_selector={"a": "b"},
-               tolerations=[{"key": "k", "operator": "Exists"}], active_deadline_seconds=60,
-               owner=m.owner_reference("v1", "Pod", "jupyter-alice", "uid-1"),
-               service_account="engines", image_pull_policy="IfNotPresent")
+    job = _job(
+        cpu="1",
+        memory="1Gi",
+        gpu=1,
+        node_selector={"a": "b"},
+        tolerations=[{"key": "k", "operator": "Exists"}],
+        active_deadline_seconds=60,
+        owner=m.owner_reference("v1", "Pod", "jupyter-alice", "uid-1"),
+        service_account="engines",
+        image_pull_policy="IfNotPresent",
+    )
     model = k8s.V1Job.model_validate(job)  # the client's schema: no unknown or mistyped field
     assert k8s.ApiClient().sanitize_for_serialization(model) == job
 
@@ -54,10 +61,16 @@ def test_pod_failure_policy_fails_on_controller_loss_and_ignores_disruptions():
     rules = _job()["spec"]["podFailurePolicy"]["rules"]
     assert rules[0] == {
         "action": "FailJob",
-        "onExitCodes": {"containerName": "engine", "operator": "In", "values": [m.EXIT_CONTROLLER_GONE]},
+        "onExitCodes": {
+            "containerName": "engine",
+            "operator": "In",
+            "values": [m.EXIT_CONTROLLER_GONE],
+        },
     }
     assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
-    ignored_codes = [r["onExitCodes"]["values"] for r in rules if r["action"] == "Ignore" and "onExitCodes" in r]
+    ignored_codes = [
+        r["onExitCodes"]["values"] for r in rules if r["action"] == "Ignore" and "onExitCodes" in r
+    ]
     assert ignored_codes == [[m.EXIT_TERMINATED]]
     # exit 1 (any crash) must never fail the whole Job
     assert all(1 not in r.get("onExitCodes", {}).get("values", []) for r in rules)
@@ -79,7 +92,12 @@ def test_connection_info_only_by_secret_reference():
     job = _job(env={"A": "1"})
     env = _container(job)["env"]
     conn = [e for e in env if e["name"] == m.SECRET_KEY]
-    assert conn == [{"name": m.SECRET_KEY, "valueFrom": {"secretKeyRef": {"name": "kubemagic-c1-s1", "key": m.SECRET_KEY}}}]
+    assert conn == [
+        {
+            "name": m.SECRET_KEY,
+            "valueFrom": {"secretKeyRef": {"name": "kubemagic-c1-s1", "key": m.SECRET_KEY}},
+        }
+    ]
     assert {"name": "A", "value": "1"} in env
 
 
@@ -98,7 +116,9 @@ def test_reserved_env_names_refused():
 
 def test_user_env_may_override_ipythondir():
     env = _container(_job(env={"IPYTHONDIR": "/data/ipy"}))["env"]
-    assert [e for e in env if e["name"] == "IPYTHONDIR"] == [{"name": "IPYTHONDIR", "value": "/data/ipy"}]
+    assert [e for e in env if e["name"] == "IPYTHONDIR"] == [
+        {"name": "IPYTHONDIR", "value": "/data/ipy"}
+    ]
 
 
 def test_command_honours_engine_args():
@@ -148,8 +168,11 @@ def test_pod_overrides_merge_last_by_name():
             "priorityClassName": "low",
             "metadata": {"annotations": {"sidecar.istio.io/inject": "false"}},
             "containers": [
-                {"name": "engine", "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-                 "resources": {"limits": {"memory": "3Gi"}}},
+                {
+                    "name": "engine",
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                    "resources": {"limits": {"memory": "3Gi"}},
+                },
                 {"name": "sidecar", "image": "busybox"},
             ],
             "volumes": [{"name": "data", "emptyDir": {}}],
@@ -196,8 +219,13 @@ def test_scale_patch_changes_parallelism_and_completions_together():
 
 @pytest.mark.parametrize(
     "value,expected",
-    [("alice", "alice"), ("alice@example.com", "alice-example.com"), ("-x-", "x"), ("", "unknown"),
-     ("a" * 80, "a" * 63)],
+    [
+        ("alice", "alice"),
+        ("alice@example.com", "alice-example.com"),
+        ("-x-", "x"),
+        ("", "unknown"),
+        ("a" * 80, "a" * 63),
+    ],
 )
 def test_label_values_sanitized(value, expected):
     assert m.sanitize_label_value(value) == expected
@@ -227,7 +255,13 @@ def test_network_policy_opens_only_the_port_range_to_engines():
 def test_role_is_least_privilege():
     role = m.role("kubemagic", "ns")
     k8s.V1Role.model_validate(role)
-    verbs = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    verbs = {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
     assert ("", "secrets", "get") not in verbs and ("", "secrets", "list") not in verbs
     assert not any("*" in x for t in verbs for x in t)
     assert ("batch", "jobs", "create") in verbs and ("", "pods/log", "get") in verbs

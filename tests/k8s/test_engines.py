@@ -1,0 +1,200 @@
+"""Engines as pods of one Indexed Job, on the real cluster, as a least-privilege service account.
+
+Plain ``ipp.Cluster(engines="kubernetes")`` — the entry point ipyparallel users get — with
+the controller beside the test process and CurveZMQ on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from kubemagic.k8s import manifests as m
+
+from .helpers import (
+    ENGINE_HEARTBEAT_MISSES,
+    HEARTBEAT_MS,
+    LoopThread,
+    admin,
+    engine_set,
+    leftovers,
+    make_tenant,
+    new_cluster,
+    raw,
+    started,
+    wait_until,
+)
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def loop():
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture
+def curve(monkeypatch):
+    monkeypatch.setenv("IPP_ENABLE_CURVE", "1")
+
+
+def _whoami():
+    import os
+    import socket
+
+    return (
+        int(os.environ["KUBEMAGIC_ENGINE_INDEX"]),
+        socket.gethostname(),
+        os.environ["KUBEMAGIC_POD_NAME"],
+        os.getuid(),
+    )
+
+
+def _connection_info(cluster) -> dict:
+    with open(engine_set(cluster).connection_files["engine"]) as f:
+        return json.load(f)
+
+
+def test_plain_ipyparallel_engines_run_in_labelled_pods(k8s_cluster, tmp_path, loop, curve):
+    tenant = make_tenant(k8s_cluster, "plain")
+    core, batch = admin(k8s_cluster)
+    cluster = new_cluster(k8s_cluster, tenant, tmp_path)
+    with started(cluster, loop, 2) as rc:
+        t0 = time.monotonic()
+        rc.wait_for_engines(2, timeout=120)
+        print(f"\n2 engines registered {time.monotonic() - t0:.2f} s after the Job was created")
+        results = sorted(rc[:].apply_sync(_whoami))
+        assert [r[0] for r in results] == [0, 1]
+        assert all(r[3] == 1000 for r in results), "engines must run as non-root uid 1000"
+        pod_names = {r[2] for r in results}
+        job_name = engine_set(cluster).job_name
+        assert all(host == f"{job_name}-{i}" for i, host, _, _ in results)  # Indexed Job hostnames
+
+        states = engine_set(cluster).engine_states()
+        assert [(s["index"], s["phase"]) for s in states] == [(0, "Running"), (1, "Running")]
+        assert {s["name"] for s in states} == pod_names
+
+        # labels: ours, and never JupyterHub's singleuser ones
+        job = batch.read_namespaced_job(job_name, tenant.namespace)
+        pods = core.list_namespaced_pod(
+            tenant.namespace, label_selector=f"{m.JOB_NAME_LABEL}={job_name}"
+        ).items
+        assert {p.metadata.name for p in pods} == pod_names
+        for labels in [job.metadata.labels] + [p.metadata.labels for p in pods]:
+            assert labels[m.LABEL_NAME] == "kubemagic"
+            assert labels[m.LABEL_INSTANCE] == cluster.cluster_id
+            assert labels[m.LABEL_COMPONENT] == "engine"
+            assert m.LABEL_OWNER in labels
+            assert "component" not in labels and not any(
+                k.startswith("hub.jupyter.org") for k in labels
+            )
+
+        # the keys live in the Secret only: not in the Job, the pods, or their logs
+        info = _connection_info(cluster)
+        secret_value = info["curve_serverkey"]
+        assert secret_value, "CurveZMQ must be on"
+        secret = core.read_namespaced_secret(job_name, tenant.namespace)
+        assert (
+            secret_value
+            in json.loads(__import__("base64").b64decode(secret.data[m.SECRET_KEY]).decode())[
+                "curve_serverkey"
+            ]
+        )
+        assert [o.kind for o in secret.metadata.owner_references] == ["Job"]
+        assert secret_value not in raw(job, k8s_cluster)
+        for pod in pods:
+            assert secret_value not in raw(pod, k8s_cluster)
+            log = core.read_namespaced_pod_log(pod.metadata.name, tenant.namespace)
+            assert "Completed registration" in log and secret_value not in log
+        assert secret_value not in engine_set(cluster).get_output()
+    assert leftovers(k8s_cluster, tenant.namespace) == {"jobs": [], "pods": [], "secrets": []}
+
+
+def test_scale_up_and_down_removes_highest_indices(k8s_cluster, tmp_path, loop):
+    tenant = make_tenant(k8s_cluster, "scale")
+    core, _ = admin(k8s_cluster)
+    cluster = new_cluster(k8s_cluster, tenant, tmp_path)
+    with started(cluster, loop, 2) as rc:
+        rc.wait_for_engines(2, timeout=120)
+        launcher = engine_set(cluster)
+
+        t0 = time.monotonic()
+        loop.run(launcher.scale(4))
+        rc.wait_for_engines(4, timeout=120)
+        print(f"\nscale 2 -> 4: all 4 engines registered after {time.monotonic() - t0:.2f} s")
+        assert sorted(r[0] for r in rc[:].apply_sync(_whoami)) == [0, 1, 2, 3]
+
+        t0 = time.monotonic()
+        loop.run(launcher.scale(2))
+        # removed engines unregister on SIGTERM: the hub drops them at once
+        assert wait_until(lambda: len(rc.ids) == 2, 60), rc.ids
+        print(f"scale 4 -> 2: hub down to 2 engines after {time.monotonic() - t0:.2f} s")
+        assert sorted(r[0] for r in rc[:].apply_sync(_whoami)) == [0, 1]
+        selector = f"{m.JOB_NAME_LABEL}={launcher.job_name}"
+        assert wait_until(
+            lambda: (
+                len(core.list_namespaced_pod(tenant.namespace, label_selector=selector).items) == 2
+            ),
+            60,
+        )
+        assert [s["index"] for s in launcher.engine_states()] == [0, 1]
+
+        # without CurveZMQ the HMAC key signs messages: it too stays in the Secret only
+        key = _connection_info(cluster)["key"]
+        assert key
+        job = admin(k8s_cluster)[1].read_namespaced_job(launcher.job_name, tenant.namespace)
+        assert key not in raw(job, k8s_cluster)
+        for pod in core.list_namespaced_pod(tenant.namespace, label_selector=selector).items:
+            assert key not in raw(pod, k8s_cluster)
+            assert key not in core.read_namespaced_pod_log(pod.metadata.name, tenant.namespace)
+
+        # scale to 0 suspends (a Job with 0 completions would complete and be deleted)
+        loop.run(launcher.scale(0))
+        assert wait_until(lambda: not rc.ids, 60), rc.ids
+        loop.run(launcher.scale(1))
+        rc.wait_for_engines(1, timeout=120)
+        assert [r[0] for r in rc[:].apply_sync(_whoami)] == [0]
+    assert leftovers(k8s_cluster, tenant.namespace) == {"jobs": [], "pods": [], "secrets": []}
+
+
+def test_controller_loss_fails_the_job_and_everything_disappears(k8s_cluster, tmp_path, loop):
+    tenant = make_tenant(k8s_cluster, "gone")
+    core, batch = admin(k8s_cluster)
+    cluster = new_cluster(k8s_cluster, tenant, tmp_path)
+    loop.run(cluster.start_controller())
+    try:
+        loop.run(cluster.start_engines(2))
+        rc = loop.run(cluster.connect_client())
+        rc.wait_for_engines(2, timeout=120)
+        rc.close()
+        launcher = engine_set(cluster)
+        t0 = time.monotonic()
+        os.killpg(cluster.controller.pid, signal.SIGKILL)  # the kernel died, hard
+
+        def gone():
+            return leftovers(k8s_cluster, tenant.namespace) == {
+                "jobs": [],
+                "pods": [],
+                "secrets": [],
+            }
+
+        limit = ENGINE_HEARTBEAT_MISSES * (HEARTBEAT_MS / 1000 + 0.5) + 30
+        assert wait_until(gone, limit, interval=0.2), (
+            f"still there after {limit:.0f} s: {leftovers(k8s_cluster, tenant.namespace)}"
+        )
+        print(
+            f"\ncontroller killed -> Job, pods and Secret gone after {time.monotonic() - t0:.1f} s"
+        )
+        assert launcher.state == "after"
+        assert launcher.stop_data["exit_code"] == m.EXIT_CONTROLLER_GONE
+        assert "PodFailurePolicy" in launcher.stop_data["reason"]
+        assert "stopped sending heartbeats" in launcher.get_output()
+    finally:
+        loop.run(cluster.stop_cluster(), timeout=120)
+    assert batch.list_namespaced_job(tenant.namespace).items == []
