@@ -97,16 +97,18 @@ if ! has_tag "base-$BASE_KEY"; then
 fi
 
 # ---------------------------------------------------------------- engine: dependency layer
-DEPS_KEY=$( { echo "$BASE_KEY deps=2"; cat "$REPO_DIR/pyproject.toml"; } | hash_stdin)
+# keyed by the dependency list of pyproject.toml, not the whole file: other edits cost no rebuild
+DEPS_LIST=$("$PY" -c '
+import sys, tomllib
+p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(list(p.get("dependencies", [])) + ["numpy", "pip"]))' "$REPO_DIR/pyproject.toml") \
+  || die "cannot read the dependencies from pyproject.toml"
+DEPS_KEY=$( { echo "$BASE_KEY deps=2"; echo "$DEPS_LIST"; } | hash_stdin)
 if ! has_tag "deps-$DEPS_KEY"; then
   log "building engine dependency layer (pyproject.toml dependencies + numpy)"
   t0=$SECONDS
   S=$IMG/deps-stage; rm -rf "$S"; mkdir -p "$S"
-  "$PY" - "$REPO_DIR/pyproject.toml" > "$IMG/requirements.txt" <<'EOF'
-import sys, tomllib
-p = tomllib.load(open(sys.argv[1], "rb"))["project"]
-print("\n".join(list(p.get("dependencies", [])) + ["numpy", "pip"]))
-EOF
+  echo "$DEPS_LIST" > "$IMG/requirements.txt"
   "$PY" -m pip install -q --root "$S" --ignore-installed --no-warn-script-location --no-warn-conflicts \
     --no-compile -r "$IMG/requirements.txt" || die "pip install of the engine dependencies failed"
   compile_tree "$S$PY_PREFIX"

@@ -8,7 +8,10 @@ REPO_DIR=$(cd "$HARNESS_DIR/../.." && pwd)
 K8S_VERSION=v1.31.0          # k8s.io/kubernetes (staging modules v0.31.0), see builder/go.mod
 ETCD_VERSION=v3.5.17         # go.etcd.io/etcd/*/v3 (client/v2 v2.305.17), see etcd-builder/go.mod
 GO_TOOLCHAIN=go1.24.9        # GOTOOLCHAIN used for both builds (fetched through the module proxy)
-PY_PREFIX=/root/.pyenv/versions/3.11.7   # host interpreter copied into the engine image
+# The engine image gets a copy of the host's interpreter (same path, same minor version): the
+# base prefix of `python3` on PATH (a .venv's base is its pyenv interpreter), else this default.
+PY_PREFIX=${KUBEMAGIC_ENGINE_PYTHON_PREFIX:-$(python3 -c 'import sys; print(sys.base_prefix)' 2>/dev/null || true)}
+case "$PY_PREFIX" in ""|/usr|/usr/local) PY_PREFIX=/root/.pyenv/versions/3.11.7 ;; esac
 
 # ---- locations -------------------------------------------------------------------------------
 CACHE=${KUBEMAGIC_CLUSTER_CACHE:-/var/cache/kubemagic-cluster}
@@ -32,6 +35,7 @@ IPT_COMMENT=kubemagic-cluster
 CONTAINERD_SOCK=$RUN/containerd/containerd.sock
 
 # Go: caches under the one cache dir, pinned toolchain.
+export PATH=$PATH:/usr/local/go/bin
 export GOMODCACHE=$CACHE/go/mod
 export GOCACHE=$CACHE/go/build
 export GOPATH=$CACHE/go/path
