@@ -25,6 +25,7 @@ BRIDGE=kmbr0
 HOST_IP=10.88.0.1
 POD_CIDR=10.88.0.0/16
 SERVICE_CIDR=10.96.0.0/16
+API_SERVICE_IP=10.96.0.1   # the `kubernetes` Service
 API_PORT=6443
 NODE_NAME=kubemagic-node
 IMAGE=kubemagic-engine:dev

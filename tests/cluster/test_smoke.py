@@ -133,17 +133,21 @@ def test_job_runs_engine_image_scales_and_is_deleted(k8s_cluster):
     ns = k8s_cluster.create_namespace("smoke")
     server = LineServer(k8s_cluster.host_ip)
     try:
+        t0 = time.monotonic()
         batch.create_namespaced_job(ns, _job("smoke", k8s_cluster.image, k8s_cluster.host_ip, server.port))
 
         lines = server.wait_lines(2, timeout=300)
+        print(f"2 pods delivered {time.monotonic() - t0:.2f} s after the Job was created")
         assert len(lines) >= 2, f"pods delivered {lines}\n{_pod_diagnostics(core, ns)}"
         assert {ln.split()[1] for ln in lines} == {"index=0", "index=1"}, lines
         for ln in lines:
             assert ln.startswith("hello ") and " uid=1000 " in ln, ln  # ran as non-root uid 1000
 
         # elastic Indexed Job: scale 2 -> 3 by patching parallelism and completions together
+        t0 = time.monotonic()
         batch.patch_namespaced_job("smoke", ns, {"spec": {"parallelism": 3, "completions": 3}})
         lines = server.wait_lines(3, timeout=300)
+        print(f"3rd pod delivered {time.monotonic() - t0:.2f} s after the scaling patch")
         assert len(lines) >= 3, f"third pod did not deliver: {lines}\n{_pod_diagnostics(core, ns)}"
         assert "index=2" in lines[2], lines
 
@@ -153,12 +157,14 @@ def test_job_runs_engine_image_scales_and_is_deleted(k8s_cluster):
             assert [o.kind for o in p.metadata.owner_references] == ["Job"]
 
         # foreground deletion: the Job goes only after its pods are gone
+        t0 = time.monotonic()
         batch.delete_namespaced_job("smoke", ns, body=client.V1DeleteOptions(propagation_policy="Foreground"))
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             jobs = batch.list_namespaced_job(ns).items
             pods = core.list_namespaced_pod(ns, label_selector="job-name=smoke").items
             if not jobs and not pods:
+                print(f"Job and pods gone {time.monotonic() - t0:.2f} s after the foreground delete")
                 break
             time.sleep(0.5)
         else:
@@ -202,3 +208,38 @@ def test_service_account_kubeconfig_is_least_privilege(k8s_cluster):
         assert e.value.status == 403
     finally:
         api.close()
+
+
+IN_CLUSTER_SCRIPT = r"""
+from kubernetes import client, config
+config.load_incluster_config()
+print("version", client.VersionApi().get_code().git_version)
+try:
+    client.CoreV1Api().list_namespaced_pod("kube-system")
+    print("list kube-system: allowed")
+except client.ApiException as e:
+    print("list kube-system:", e.status)
+"""
+
+
+def test_pod_reaches_apiserver_in_cluster_as_its_service_account(k8s_cluster):
+    """The `kubernetes` Service IP (no kube-proxy: one DNAT rule) and projected SA tokens work."""
+    core = client.CoreV1Api(k8s_cluster.api)
+    ns = k8s_cluster.create_namespace("incluster")
+    core.create_namespaced_pod(ns, client.V1Pod(
+        metadata=client.V1ObjectMeta(name="probe"),
+        spec=client.V1PodSpec(
+            restart_policy="Never",
+            security_context=client.V1PodSecurityContext(run_as_user=1000, run_as_group=1000),
+            containers=[client.V1Container(name="probe", image=k8s_cluster.image, image_pull_policy="Never",
+                                           command=["python", "-c", IN_CLUSTER_SCRIPT])])))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        phase = core.read_namespaced_pod("probe", ns).status.phase
+        if phase in ("Succeeded", "Failed"):
+            break
+        time.sleep(0.5)
+    log = core.read_namespaced_pod_log("probe", ns)
+    assert phase == "Succeeded", f"{phase}\n{log}\n{_pod_diagnostics(core, ns)}"
+    assert "version v1." in log, log
+    assert "list kube-system: 403" in log, log  # authenticated as the namespace's default SA, no rights
