@@ -37,7 +37,7 @@ _up_result: dict = {}  # {"ok": bool, "output": str} once up ran in this process
 
 
 def _needs_cluster(item) -> bool:
-    return FIXTURE in getattr(item, "fixturenames", ()) or HARNESS in Path(str(item.fspath)).resolve().parents
+    return FIXTURE in getattr(item, "fixturenames", ()) or HARNESS in Path(str(getattr(item, "path", ""))).resolve().parents
 
 
 def pytest_collection_modifyitems(config, items):
