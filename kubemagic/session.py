@@ -393,6 +393,8 @@ class KubeCluster:
         except SessionError:
             slots = {}
         for info in self.live_engines():
+            if info.index < 0:
+                continue  # registered a moment ago; its slot is not known yet
             row = slots.setdefault(info.index, {"index": info.index, "name": info.host,
                                                  "phase": "", "reason": ""})
             row.update(engine=info.id, state=info.state, inflight=info.inflight)
