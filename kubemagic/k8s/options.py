@@ -19,7 +19,8 @@ from ..errors import UsageError
 from .quantities import cpu_quantity, gpu_count, memory_quantity
 
 #: Controller ports bound on all interfaces, so a NetworkPolicy can allow exactly these.
-DEFAULT_PORT_RANGE = "47100-47199"
+#: Below Linux's ephemeral range (32768-60999): outgoing connections never occupy them.
+DEFAULT_PORT_RANGE = "29100-29199"
 #: ipcontroller 9.2 binds 18 sockets with the default scheduler depth (9 of them for
 #: engines); a range must hold at least this many ports.
 MIN_CONTROLLER_PORTS = 20
@@ -46,7 +47,7 @@ class KubernetesOptions:
     image_pull_policy: str | None = None
     pod_overrides: dict[str, Any] = field(default_factory=dict)
     controller_address: str | None = None
-    port_range: tuple[int, int] = (47100, 47199)
+    port_range: tuple[int, int] = (29100, 29199)
     curve: bool = True
     active_deadline_seconds: int | None = None
     start_timeout: float = 120.0
@@ -196,7 +197,7 @@ def parse_pod_overrides(value: Mapping[str, Any] | str) -> dict[str, Any]:
 
 
 def parse_port_range(value: str | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """``"47100-47199"`` → ``(47100, 47199)``; at least :data:`MIN_CONTROLLER_PORTS` ports."""
+    """``"29100-29199"`` → ``(29100, 29199)``; at least :data:`MIN_CONTROLLER_PORTS` ports."""
     try:
         if isinstance(value, str):
             low_text, _, high_text = value.strip().partition("-")

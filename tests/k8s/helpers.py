@@ -23,6 +23,7 @@ from kubernetes import client
 from traitlets.config import Config
 
 from kubemagic.k8s.backend import free_port_window
+from kubemagic.k8s.options import DEFAULT_PORT_RANGE, parse_port_range
 from kubemagic.k8s.rbac import render_rbac
 
 T = TypeVar("T")
@@ -111,16 +112,19 @@ def launcher_config(tenant: Tenant, image: str, **extra: Any) -> Config:
     )
 
 
-def new_cluster(k8s_cluster: Any, tenant: Tenant, tmp_path: Path, **extra: Any) -> ipp.Cluster:
-    """A plain ``ipp.Cluster(engines="kubernetes")`` with the controller beside the test."""
-    ports = free_port_window(47100, 47199)
+def new_cluster(
+    k8s_cluster: Any, tenant: Tenant, tmp_path: Path, heartbeat_ms: int = HEARTBEAT_MS, **extra: Any
+) -> ipp.Cluster:
+    """A plain ``ipp.Cluster(engines="kubernetes")`` with the controller beside the test;
+    ``extra`` configures the launcher."""
+    ports = free_port_window(*parse_port_range(DEFAULT_PORT_RANGE))
     return ipp.Cluster(
         engines="kubernetes",
         controller_ip="0.0.0.0",
         controller_location=extra.pop("controller_location", k8s_cluster.host_ip),
         controller_args=[
             "--IPController.use_threads=True",
-            f"--HeartMonitor.period={HEARTBEAT_MS}",
+            f"--HeartMonitor.period={heartbeat_ms}",
             f"--IPController.ports={ports[0]}-{ports[-1]}",
         ],
         profile_dir=str(tmp_path / "profile"),

@@ -11,6 +11,7 @@ import os
 import signal
 import time
 
+import ipyparallel as ipp
 import pytest
 
 from kubemagic.k8s import manifests as m
@@ -44,6 +45,7 @@ def curve(monkeypatch):
     monkeypatch.setenv("IPP_ENABLE_CURVE", "1")
 
 
+@ipp.interactive  # pickled by value: engines cannot import the tests package
 def _whoami():
     import os
     import socket

@@ -52,7 +52,7 @@ def test_gpu_rejected(value):
 def test_defaults():
     o = parse_options()
     assert o.curve is True
-    assert o.port_range == (47100, 47199)
+    assert o.port_range == (29100, 29199)
     assert o.run_as_user == 1000
     assert o.image is None and o.namespace is None
 
