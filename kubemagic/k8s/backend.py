@@ -41,7 +41,7 @@ def kubernetes_backend(**options: Any) -> BackendSpec:
     """
     opts = parse_options(**options)
     api = connect(opts.kubeconfig, opts.context)
-    namespace = opts.namespace or incluster.default_namespace(opts.context)
+    namespace = opts.namespace or incluster.default_namespace(opts.kubeconfig, opts.context)
     check_namespace(api, namespace)
     check_permissions(api, namespace)
     address = resolve_controller_address(opts)
@@ -92,7 +92,7 @@ def resolve_controller_address(opts: KubernetesOptions) -> str:
     address = (
         opts.controller_address
         or os.environ.get(ADDRESS_ENV)
-        or incluster.detect_controller_address(opts.context)
+        or incluster.detect_controller_address(opts.kubeconfig, opts.context)
     )
     if not address:
         raise UsageError(

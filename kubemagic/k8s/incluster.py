@@ -62,18 +62,22 @@ def kubernetes_config_available() -> bool:
         return False
 
 
-def _kubeconfig_paths() -> list[Path]:
+def _kubeconfig_paths(kubeconfig: str | None = None) -> list[Path]:
+    if kubeconfig:
+        return [Path(kubeconfig).expanduser()]
     env = os.environ.get("KUBECONFIG")
     if env:
         return [Path(p).expanduser() for p in env.split(os.pathsep) if p]
     return [Path("~/.kube/config").expanduser()]
 
 
-def _current_context(context: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def _current_context(
+    kubeconfig: str | None = None, context: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(context dict, cluster dict) of the kubeconfig's current or given context."""
     merged: dict[str, list[dict[str, Any]]] = {"contexts": [], "clusters": []}
     current = context
-    for path in _kubeconfig_paths():
+    for path in _kubeconfig_paths(kubeconfig):
         if not path.is_file():
             continue
         doc = yaml.safe_load(path.read_text()) or {}
@@ -88,20 +92,24 @@ def _current_context(context: str | None = None) -> tuple[dict[str, Any], dict[s
     return ctx, cluster
 
 
-def kubeconfig_server(context: str | None = None) -> str | None:
+def kubeconfig_server(kubeconfig: str | None = None, context: str | None = None) -> str | None:
     """API server URL of the kubeconfig context, or None."""
     try:
-        return _current_context(context)[1].get("server")
+        return _current_context(kubeconfig, context)[1].get("server")
     except Exception:
         return None
 
 
-def default_namespace(context: str | None = None) -> str:
-    """Service-account namespace in a pod, else the kubeconfig context's, else ``default``."""
+def default_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
+    """Service-account namespace in a pod, else the kubeconfig context's, else ``default``.
+
+    An explicit kubeconfig or context wins over the pod's own account, as in
+    :func:`.client.connect`.
+    """
     try:
-        if in_cluster():
+        if in_cluster() and not kubeconfig and not context:
             return (SERVICE_ACCOUNT_DIR / "namespace").read_text().strip() or "default"
-        return _current_context(context)[0].get("namespace") or "default"
+        return _current_context(kubeconfig, context)[0].get("namespace") or "default"
     except Exception:
         return "default"
 
@@ -121,7 +129,13 @@ def pod_namespace() -> str | None:
     """This kernel's pod namespace."""
     if not in_cluster():
         return None
-    return _first_env(_POD_NAMESPACE_VARS) or default_namespace()
+    found = _first_env(_POD_NAMESPACE_VARS)
+    if found:
+        return found
+    try:
+        return (SERVICE_ACCOUNT_DIR / "namespace").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def pod_uid() -> str | None:
@@ -204,7 +218,9 @@ def route_source_address(host: str) -> str | None:
         return None
 
 
-def detect_controller_address(context: str | None = None) -> str | None:
+def detect_controller_address(
+    kubeconfig: str | None = None, context: str | None = None
+) -> str | None:
     """An address engine pods can probably reach the kernel at, or None.
 
     1. In a pod: the pod IP — always reachable from other pods.
@@ -215,7 +231,7 @@ def detect_controller_address(context: str | None = None) -> str | None:
     """
     if in_cluster():
         return pod_ip()
-    server = kubeconfig_server(context)
+    server = kubeconfig_server(kubeconfig, context)
     if server:
         host = urlparse(server).hostname or ""
         try:
@@ -224,7 +240,8 @@ def detect_controller_address(context: str | None = None) -> str | None:
             target = None
         if target and not ipaddress.ip_address(target).is_loopback:
             return route_source_address(target)
-    return route_source_address("192.0.2.1")  # TEST-NET-1: only selects the default route
+    # any non-local address selects the default route; no packet is sent
+    return route_source_address("192.0.2.1")
 
 
 def _is_ip(text: str) -> bool:

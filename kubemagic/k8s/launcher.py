@@ -128,7 +128,7 @@ class KubernetesEngineSetLauncher(EngineLauncher):
 
     @default("namespace")
     def _default_namespace(self) -> str:
-        return incluster.default_namespace(self.context or None)
+        return incluster.default_namespace(self.kubeconfig or None, self.context or None)
 
     # ---------------------------------------------------------------------------------
 
