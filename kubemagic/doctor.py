@@ -17,7 +17,10 @@ Exit code 0 when every check passed, 1 otherwise. Every failure says how to fix 
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
+import re
 import secrets
 import socket
 import sys
@@ -221,9 +224,7 @@ def check_namespace(api: Api, namespace: str) -> Check:
 
 def check_permissions(api: Api, namespace: str, user: str | None,
                       service_account: str | None) -> list[Check]:
-    from .k8s.permissions import service_account_of
-
-    sa = service_account_of(user)
+    sa = _service_account_of(user)
     sa_name = service_account or (sa[1] if sa else None) or "kubemagic"
     rules = role_rules(namespace, sa_name)
     if sa or service_account:
@@ -356,8 +357,11 @@ def check_pod(api: Api, namespace: str, image: str, address: str,
         net = Check(net_name, PASS, f"test pod connected to ports {ports_text}")
     else:
         errors = "; ".join(f"{p}: {result.get('ports', {}).get(str(p), 'no report')}" for p in failed)
+        loopback = _is_loopback(address)
         net = Check(net_name, FAIL, f"test pod could not connect to {errors}",
-                    f"engines must reach {address} on TCP {port_range[0]}-{port_range[1]}: in "
+                    f"{address} is a loopback address: in a pod it is the pod itself; pass "
+                    "--controller-address with this machine's address as pods see it"
+                    if loopback else f"engines must reach {address} on TCP {port_range[0]}-{port_range[1]}: in "
                     "JupyterHub add the NetworkPolicy ingress rule for engine pods "
                     "(docs/jupyterhub.md; `kubemagic rbac` prints it); open firewalls for the "
                     "range; or pass the right --controller-address")
@@ -408,6 +412,19 @@ def _parse_probe(log: str) -> dict[str, Any] | None:
     return None
 
 
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(address)).is_loopback
+    except (OSError, ValueError):
+        return address == "localhost"
+
+
+def _service_account_of(user: str | None) -> tuple[str, str] | None:
+    """``(namespace, name)`` when the API user is a service account."""
+    match = re.fullmatch(r"system:serviceaccount:([^:]+):(.+)", user or "")
+    return (match[1], match[2]) if match else None
+
+
 def _short(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[-1] if text else ''}"[:300]
@@ -439,8 +456,8 @@ def run_doctor(namespace: str | None = None, image: str | None = None,
     checks: list[Check] = []
     ns = resolve_namespace(namespace, kubeconfig, context)
     ports = parse_port_range(port_range or DEFAULT_PORT_RANGE)
-    address = controller_address or incluster.detect_controller_address(context)
-    image = image or incluster.image_from_env()
+    address = (controller_address or os.environ.get("KUBEMAGIC_CONTROLLER_ADDRESS")
+               or incluster.detect_controller_address(kubeconfig, context))
 
     try:
         api = connect_api(kubeconfig, context)
@@ -464,8 +481,7 @@ def run_doctor(namespace: str | None = None, image: str | None = None,
     ns_check = check_namespace(api, ns)
     checks.append(ns_check)
     checks += check_permissions(api, ns, user, service_account)
-    if image is None and incluster.in_cluster():
-        image = _own_image(api)
+    image = image or incluster.own_image(api)  # $JUPYTER_IMAGE_SPEC, else the pod's own
     if ns_check.status == FAIL:
         checks += [Check("image", SKIP, "needs the namespace"),
                    Check("controller ports", SKIP, "needs the namespace")]
@@ -483,15 +499,3 @@ def run_doctor(namespace: str | None = None, image: str | None = None,
         checks += check_pod(api, ns, image, address, ports, timeout)
     print_table(checks, out)
     return 1 if any(c.status == FAIL for c in checks) else 0
-
-
-def _own_image(api: Api) -> str | None:
-    name, ns = incluster.pod_name(), incluster.pod_namespace()
-    if not name or not ns:
-        return None
-    try:
-        resp = api.core.read_namespaced_pod(name, ns, _preload_content=False, _request_timeout=15)
-        return incluster.image_of_pod(api.read_json(resp))
-    except ApiException:
-        return None
-

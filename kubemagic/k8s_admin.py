@@ -35,18 +35,7 @@ def resolve_namespace(namespace: str | None, kubeconfig: str | None = None,
     """``--namespace``, else the pod's namespace, else the kubeconfig context's, else default."""
     if namespace:
         return namespace
-    if incluster.in_cluster() and not kubeconfig and not context:
-        return incluster.default_namespace()
-    if kubeconfig or context:
-        try:
-            from kubernetes import config as k8s_config
-
-            contexts, active = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
-            chosen = next((c for c in contexts if c["name"] == context), active) if context else active
-            return (chosen or {}).get("context", {}).get("namespace") or "default"
-        except Exception:
-            return "default"
-    return incluster.default_namespace()
+    return incluster.default_namespace(kubeconfig, context)
 
 
 @dataclass
