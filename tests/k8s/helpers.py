@@ -129,7 +129,7 @@ def new_cluster(
         ],
         profile_dir=str(tmp_path / "profile"),
         shutdown_atexit=False,
-        config=launcher_config(tenant, k8s_cluster.image, **extra),
+        config=launcher_config(tenant, extra.pop("image", k8s_cluster.image), **extra),
     )
 
 
