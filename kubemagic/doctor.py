@@ -56,24 +56,31 @@ class Check:
 
 
 # -- the probe that runs in the test pod --------------------------------------------------
+#: The probe reports twice: over each TCP connection it makes (so no log access is needed)
+#: and on stdout. Exit code: 0 fine, +2 kubemagic/ipyparallel missing, +4 a port unreachable.
 PROBE = r"""
 import json, socket, sys
 address, ports, token = sys.argv[1], [int(p) for p in sys.argv[2].split(",")], sys.argv[3]
 out = {"python": sys.version.split()[0]}
+code = 0
 for mod in ("kubemagic", "ipyparallel"):
     try:
         out[mod] = __import__(mod).__version__
     except Exception as e:
         out[mod] = "MISSING: %s: %s" % (type(e).__name__, e)
+        code |= 2
+report = json.dumps(out)
 out["ports"] = {}
 for port in ports:
     try:
         with socket.create_connection((address, port), timeout=5) as s:
-            s.sendall((token + "\n").encode())
+            s.sendall((token + "\n" + report + "\n").encode())
         out["ports"][str(port)] = "connected"
     except Exception as e:
         out["ports"][str(port)] = "%s: %s" % (type(e).__name__, e)
+        code |= 4
 print("KUBEMAGIC-DOCTOR " + json.dumps(out), flush=True)
+sys.exit(code)
 """
 
 
@@ -83,6 +90,8 @@ class Listeners:
     def __init__(self, port_range: tuple[int, int], token: str, bind: str = "0.0.0.0") -> None:
         self.token = token
         self.reached: set[int] = set()
+        #: what the probe found in the image, as it sent it over a connection
+        self.report: dict[str, Any] | None = None
         self.sockets: list[socket.socket] = []
         low, high = port_range
         wanted = [low, high] if high > low else [low]
@@ -120,15 +129,21 @@ class Listeners:
                 conn.settimeout(5)
                 data = b""
                 try:
-                    while b"\n" not in data and len(data) < 256:
-                        chunk = conn.recv(256)
+                    while data.count(b"\n") < 2 and len(data) < 65536:
+                        chunk = conn.recv(4096)
                         if not chunk:
                             break
                         data += chunk
                 except OSError:
                     pass
-                if data.strip().decode(errors="replace") == self.token:
+                lines = data.decode(errors="replace").splitlines()
+                if lines and lines[0].strip() == self.token:
                     self.reached.add(port)
+                    if len(lines) > 1:
+                        try:
+                            self.report = json.loads(lines[1])
+                        except ValueError:
+                            pass
 
     def close(self) -> None:
         self._stop.set()
@@ -318,8 +333,9 @@ def check_pod(api: Api, namespace: str, image: str, address: str,
                                             _request_timeout=15)
         except ApiException:
             pass  # ttlSecondsAfterFinished removes it; `kubemagic clean` too
-    result = _parse_probe(log)
+    result = _parse_probe(log) or listeners.report
     ports_text = ",".join(map(str, listeners.ports))
+    exit_code = state.exit_code if state is not None else None
 
     if state is not None and state.reason in _IMAGE_REASONS:
         return [Check(image_name, FAIL, f"{state.reason}: {state.message}".strip(": "),
@@ -331,6 +347,10 @@ def check_pod(api: Api, namespace: str, image: str, address: str,
                       "the container could not start: check the image has python3 and runs "
                       "as a non-root user (uid 1000)"),
                 Check(net_name, SKIP, "needs the test pod")]
+    if result is None and exit_code in (4, 6):
+        # no log access and no connection came through: the exit code still tells
+        result = {"python": "?", "kubemagic": "MISSING" if exit_code & 2 else "importable",
+                  "ipyparallel": "MISSING" if exit_code & 2 else "importable"}
     if result is None:
         where = (f"pod {state.phase} {state.reason} {state.message}".strip() if state
                  else "no pod was created")
@@ -339,8 +359,10 @@ def check_pod(api: Api, namespace: str, image: str, address: str,
                           f"{where}", "see the scheduler's message; make room on the nodes or "
                           "raise --timeout if pulling the image is only slow"),
                     Check(net_name, SKIP, "needs the test pod")]
-        return [Check(image_name, FAIL, f"the test pod ran no probe ({where}); "
-                      f"output: {log.strip()[-300:] or '(none)'}",
+        detail = f"the test pod ran no probe ({where}, exit code {exit_code})"
+        if log.strip():
+            detail += f"; output: {log.strip()[-300:]}"
+        return [Check(image_name, FAIL, detail,
                       "the image needs python3 on PATH and must run as uid 1000"),
                 Check(net_name, SKIP, "needs the test pod")]
 
