@@ -66,6 +66,7 @@ class SessionWidget(w.VBox):
         self.logs_button.on_click(lambda _: self.refresh_logs())
         self._lock = threading.Lock()
         self._last_engines = 0.0
+        self._scaling_to: int | None = None
         session.add_listener(self._on_change)
         self.refresh()
 
@@ -77,6 +78,7 @@ class SessionWidget(w.VBox):
         except Exception as e:  # shown in the widget; a click must never raise
             self._say(str(e), error=True)
         else:
+            self._scaling_to = n
             self._say(f"scaling to {n} engine(s)…")
 
     def _cancel_map(self) -> None:
@@ -116,6 +118,9 @@ class SessionWidget(w.VBox):
                 self.engines_table.value = _engines_html(s)
                 if s.last_error:
                     self._say(s.last_error, error=True)
+                elif self._scaling_to is not None and ready == self._scaling_to == s.n:
+                    self._say(f"scaled to {ready} engine(s)")
+                    self._scaling_to = None
             handle = s.current_map
             if handle is not None and topic in ("all", "progress", "map"):
                 p = handle.progress()
