@@ -96,10 +96,10 @@ class KubernetesEngineSetLauncher(EngineLauncher):
     active_deadline_seconds = Integer(
         0, config=True, help="Fail the Job after this many seconds (0: never)."
     )
-    backoff_limit = Integer(
-        1000,
+    backoff_limit_per_index = Integer(
+        100,
         config=True,
-        help="Engine crashes tolerated before the Job fails "
+        help="Crashes of one engine slot tolerated before that slot stays down "
         "(evictions and deletions do not count).",
     )
     termination_grace_period_seconds = Integer(
@@ -283,7 +283,7 @@ class KubernetesEngineSetLauncher(EngineLauncher):
             image_pull_policy=options.image_pull_policy,
             run_as_user=options.run_as_user,
             active_deadline_seconds=options.active_deadline_seconds,
-            backoff_limit=self.backoff_limit,
+            backoff_limit_per_index=self.backoff_limit_per_index,
             termination_grace_period_seconds=self.termination_grace_period_seconds,
             owner=owner,
             pod_overrides=options.pod_overrides,

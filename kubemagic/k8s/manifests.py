@@ -165,7 +165,7 @@ def engine_job(
     image_pull_policy: str | None = None,
     run_as_user: int | None = 1000,
     active_deadline_seconds: int | None = None,
-    backoff_limit: int = 1000,
+    backoff_limit_per_index: int = 100,
     termination_grace_period_seconds: int = 5,
     owner: Mapping[str, Any] | None = None,
     pod_overrides: Mapping[str, Any] | None = None,
@@ -180,7 +180,8 @@ def engine_job(
     * ``DisruptionTarget`` (eviction, preemption, node drain) → Ignore: replaced, not
       counted.
     * exit :data:`EXIT_TERMINATED` (pod deleted) → Ignore: replaced, not counted.
-    * anything else (OOM kill, crash) counts against a generous ``backoffLimit``.
+    * anything else (OOM kill, crash) counts against the slot's generous
+      ``backoffLimitPerIndex``; a slot past it stays down, the others keep running.
     """
     container: dict[str, Any] = {
         "name": ENGINE_CONTAINER,
@@ -236,7 +237,14 @@ def engine_job(
         "completionMode": "Indexed",
         "completions": n,
         "parallelism": n,
-        "backoffLimit": backoff_limit,
+        # Per index, not per Job: the Job controller delays every replacement by
+        # 10 s × 2^(failures - 1), up to 6 min, counting failures since the last *success* —
+        # and engines never succeed. A Job-wide count would make every replacement slow
+        # after a few preemptions anywhere; per index, only a slot that keeps failing waits.
+        "backoffLimitPerIndex": backoff_limit_per_index,
+        # a Job-wide cap too, for API servers without per-index limits (< 1.29), which drop
+        # the field above and would otherwise default to 6
+        "backoffLimit": 1_000_000,
         "ttlSecondsAfterFinished": 0,
         "podFailurePolicy": {
             "rules": [

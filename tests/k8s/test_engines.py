@@ -13,8 +13,10 @@ import time
 
 import ipyparallel as ipp
 import pytest
+from ipyparallel.cluster.launcher import LauncherError, NotRunning
 
 from kubemagic.k8s import manifests as m
+from kubemagic.k8s.launcher import KubernetesEngineSetLauncher
 
 from .helpers import (
     ENGINE_HEARTBEAT_MISSES,
@@ -200,3 +202,31 @@ def test_controller_loss_fails_the_job_and_everything_disappears(k8s_cluster, tm
     finally:
         loop.run(cluster.stop_cluster(), timeout=120)
     assert batch.list_namespaced_job(tenant.namespace).items == []
+
+
+def test_signal_restarts_engines_and_state_reattaches(k8s_cluster, tmp_path, loop):
+    tenant = make_tenant(k8s_cluster, "signal")
+    _, batch = admin(k8s_cluster)
+    cluster = new_cluster(k8s_cluster, tenant, tmp_path)
+    with started(cluster, loop, 2) as rc:
+        rc.wait_for_engines(2, timeout=120)
+        launcher = engine_set(cluster)
+        old = set(rc.ids)
+        t0 = time.monotonic()
+        launcher.signal(signal.SIGTERM)  # pods deleted; engines unregister; the Job replaces them
+        assert wait_until(lambda: len(set(rc.ids) - old) == 2, 120), rc.ids
+        print(f"\nSIGTERM restart: 2 new engines registered after {time.monotonic() - t0:.2f} s")
+        assert sorted(r[0] for r in rc[:].apply_sync(_whoami)) == [0, 1]
+        job = batch.read_namespaced_job(launcher.job_name, tenant.namespace)
+        assert not job.status.failed, "deleted pods exit 143, which the Job must not count"
+        with pytest.raises(LauncherError, match="send_signal"):
+            launcher.signal(signal.SIGINT)
+
+        state = launcher.to_dict()
+        again = KubernetesEngineSetLauncher.from_dict(state, engine_set_id=launcher.engine_set_id)
+        assert again.job_name == launcher.job_name and again.namespace == tenant.namespace
+        assert wait_until(
+            lambda: [s["phase"] for s in again.engine_states()] == ["Running", "Running"], 30
+        ), again.engine_states()
+    with pytest.raises(NotRunning):
+        KubernetesEngineSetLauncher.from_dict(state)

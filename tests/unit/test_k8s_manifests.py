@@ -50,7 +50,7 @@ def test_indexed_elastic_job_shape():
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] == 3
     assert spec["ttlSecondsAfterFinished"] == 0
-    assert spec["backoffLimit"] >= 100
+    assert spec["backoffLimitPerIndex"] >= 100 and spec["backoffLimit"] >= 10**6
     assert spec["template"]["spec"]["restartPolicy"] == "Never"
     assert spec["template"]["spec"]["terminationGracePeriodSeconds"] <= 10
     assert "activeDeadlineSeconds" not in spec
