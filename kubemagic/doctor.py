@@ -285,7 +285,7 @@ def probe_job(name: str, namespace: str, image: str, address: str, ports: list[i
         "containers": [{
             "name": "probe",
             "image": image,
-            "command": ["python3", "-c", PROBE, address, ",".join(map(str, ports)), token],
+            "command": ["python", "-c", PROBE, address, ",".join(map(str, ports)), token],
             "env": [{"name": "IPYTHONDIR", "value": "/tmp/.ipython"}],
             "securityContext": {"allowPrivilegeEscalation": False,
                                 "capabilities": {"drop": ["ALL"]}},
@@ -344,7 +344,7 @@ def check_pod(api: Api, namespace: str, image: str, address: str,
                 Check(net_name, SKIP, "needs the test pod")]
     if state is not None and state.reason in _STUCK_REASONS:
         return [Check(image_name, FAIL, f"{state.reason}: {state.message}",
-                      "the container could not start: check the image has python3 and runs "
+                      "the container could not start: check the image has python and runs "
                       "as a non-root user (uid 1000)"),
                 Check(net_name, SKIP, "needs the test pod")]
     if result is None and exit_code in (4, 6):
@@ -363,7 +363,7 @@ def check_pod(api: Api, namespace: str, image: str, address: str,
         if log.strip():
             detail += f"; output: {log.strip()[-300:]}"
         return [Check(image_name, FAIL, detail,
-                      "the image needs python3 on PATH and must run as uid 1000"),
+                      "the image needs python on PATH (engines run `python -m kubemagic.k8s.engine`) and must run as uid 1000"),
                 Check(net_name, SKIP, "needs the test pod")]
 
     bad = [m for m in ("kubemagic", "ipyparallel") if str(result.get(m, "")).startswith("MISSING")]

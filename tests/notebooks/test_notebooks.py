@@ -180,3 +180,22 @@ def test_kubernetes(kernel_spec, k8s_cluster, tmp_path):
             break
         time.sleep(1)
     assert not jobs.items, [j.metadata.name for j in jobs.items]
+
+
+def test_binder_installs_kubemagic_for_the_notebooks(tmp_path):
+    """binder/requirements.txt, resolved the way repo2docker runs it (from the repo root),
+    installs kubemagic with everything the notebooks import."""
+    report = tmp_path / "report.json"
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+         "--report", str(report), "-r", "binder/requirements.txt"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    names = {i["metadata"]["name"].lower() for i in json.loads(report.read_text())["install"]}
+    assert {"kubemagic", "ipyparallel", "ipywidgets", "ipykernel"} <= names, names
+    post_build = (REPO / "binder" / "postBuild").read_text()
+    assert os.access(REPO / "binder" / "postBuild", os.X_OK)
+    assert "ipykernel install" in post_build
+    # the notebooks binder users can run without a cluster say so
+    for name in ("quickstart.ipynb", "data-and-imports.ipynb", "scaling-and-failures.ipynb"):
+        assert "--backend local" in (NOTEBOOKS / name).read_text()
