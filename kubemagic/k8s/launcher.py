@@ -19,6 +19,7 @@ event loop driving the launcher never stalls on the network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal as signals
@@ -125,6 +126,8 @@ class KubernetesEngineSetLauncher(EngineLauncher):
 
     job_name = Unicode("").tag(to_dict=True)
     job_uid = Unicode("").tag(to_dict=True)
+    #: where engines register (tcp://address:port), quoted by diagnostics
+    controller_url = Unicode("").tag(to_dict=True)
 
     @default("namespace")
     def _default_namespace(self) -> str:
@@ -135,7 +138,6 @@ class KubernetesEngineSetLauncher(EngineLauncher):
     _api: Api | None = None
     _mirror: JobMirror | None = None
     _stopping = False
-    _controller_url = ""
 
     def find_args(self) -> list[str]:
         return list(self.engine_cmd) + list(self.engine_args)
@@ -219,7 +221,7 @@ class KubernetesEngineSetLauncher(EngineLauncher):
                 "ipp.Cluster(controller_ip='0.0.0.0', controller_location='<kernel address>') "
                 "— kubemagic does this for you (--controller-address to override)",
             )
-        self._controller_url = f"tcp://{target}:{info.get('registration')}"
+        self.controller_url = f"tcp://{target}:{info.get('registration')}"
         return text
 
     def _pod_env(self) -> dict[str, str]:
@@ -328,7 +330,8 @@ class KubernetesEngineSetLauncher(EngineLauncher):
                     _request_timeout=REQUEST_TIMEOUT,
                 )
         except BaseException:
-            self._delete_objects(wait=False)
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                self._delete_objects(wait=False)
             raise
 
     def _watch(self) -> None:
@@ -364,9 +367,12 @@ class KubernetesEngineSetLauncher(EngineLauncher):
     def _failure_exit_code(self) -> int:
         """The exit code of the newest failed engine (17 when the controller was lost)."""
         assert self._mirror is not None
-        failed = [pod_state(p) for p in self._mirror.pods_with_history()]
-        failed = [s for s in failed if s.phase == "Failed" and s.exit_code is not None]
-        return max(failed, key=lambda s: s.created).exit_code if failed else 1  # type: ignore[return-value]
+        codes = [
+            (s.created, s.exit_code)
+            for s in map(pod_state, self._mirror.pods_with_history())
+            if s.phase == "Failed" and s.exit_code is not None
+        ]
+        return max(codes)[1] if codes else 1
 
     # -- stop -----------------------------------------------------------------------------
 
@@ -394,7 +400,6 @@ class KubernetesEngineSetLauncher(EngineLauncher):
                     name,
                     ns,
                     propagation_policy="Foreground",
-                    grace_period_seconds=0,
                     _preload_content=False,
                     _request_timeout=REQUEST_TIMEOUT,
                 ),
@@ -620,7 +625,7 @@ class KubernetesEngineSetLauncher(EngineLauncher):
             pods=pods,
             events=events,
             logs=logs,
-            controller_url=self._controller_url,
+            controller_url=self.controller_url,
         )
         if self._mirror.error:
             notes.append(f"  ({self._mirror.error})")
