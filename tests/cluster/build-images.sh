@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the two images the cluster needs, without Docker or a registry, as docker-archive tars:
+# Builds the two images the cluster needs, without Docker or a registry, as OCI archives:
 #   pause   docker.io/library/kubemagic-pause:1       a static C program (the CRI sandbox image)
 #   engine  docker.io/library/kubemagic-engine:dev    Debian bookworm (debootstrap minbase) + a copy of
 #           the host's Python ($PY_PREFIX, same path) + this repo's package and its dependencies
@@ -34,8 +34,8 @@ link_scripts() {
 timed() { local t0=$SECONDS; "$@"; log "  ($1 ${2:-}: $((SECONDS - t0)) s)"; }
 
 # ---------------------------------------------------------------- pause image
-PAUSE_KEY=$(cat "$HARNESS_DIR/images/pause.c" | hash_stdin)
-PAUSE_TAR=$IMG/pause-$PAUSE_KEY.tar
+PAUSE_KEY=$( { echo oci-archive; cat "$HARNESS_DIR/images/pause.c"; } | hash_stdin)
+PAUSE_TAR=$IMG/pause-$PAUSE_KEY.oci.tar
 if [ ! -s "$PAUSE_TAR" ]; then
   log "building pause image"
   d=$(mktemp -d); trap 'rm -rf "$d"' EXIT
@@ -46,7 +46,7 @@ if [ ! -s "$PAUSE_TAR" ]; then
   umoci insert --image "$LAYOUT:pause-$PAUSE_KEY" --history.comment pause "$d/root/pause" /pause
   umoci config --image "$LAYOUT:pause-$PAUSE_KEY" --no-history --config.entrypoint /pause \
     --config.user 65535:65535 --architecture amd64 --os linux
-  skopeo copy -q "oci:$LAYOUT:pause-$PAUSE_KEY" "docker-archive:$PAUSE_TAR.tmp:$PAUSE_REF"
+  skopeo copy -q "oci:$LAYOUT:pause-$PAUSE_KEY" "oci-archive:$PAUSE_TAR.tmp:$PAUSE_REF"
   mv "$PAUSE_TAR.tmp" "$PAUSE_TAR"
   rm -rf "$d"; trap - EXIT
 fi
@@ -127,16 +127,29 @@ project_files() {
   for f in pyproject.toml README.md LICENSE LICENSE.txt setup.cfg setup.py MANIFEST.in; do [ -f "$f" ] && echo "$f"; done
   return 0
 }
-ENGINE_KEY=$( { echo "$DEPS_KEY engine=2"; (cd "$REPO_DIR" && project_files | tr '\n' '\0' | xargs -0 sha256sum); } | hash_stdin)
-ENGINE_TAR=$IMG/engine-$ENGINE_KEY.tar
+ENGINE_KEY=$( { echo "$DEPS_KEY engine=3"; (cd "$REPO_DIR" && project_files | tr '\n' '\0' | xargs -0 sha256sum); } | hash_stdin)
+ENGINE_TAR=$IMG/engine-$ENGINE_KEY.oci.tar
 if [ ! -s "$ENGINE_TAR" ]; then
   t0=$SECONDS
   log "building engine project layer (kubemagic package, key $ENGINE_KEY)"
   W=$IMG/engine-src; S=$IMG/engine-stage; rm -rf "$W" "$S"; mkdir -p "$W" "$S"
   (cd "$REPO_DIR" && project_files | tar -cf - -T -) | tar -C "$W" -xf -
   [ -f "$W/README.md" ] || echo "kubemagic" > "$W/README.md"
-  "$PY" -m pip install -q --root "$S" --ignore-installed --no-deps --no-warn-script-location \
-    --no-compile "$W" > "$IMG/engine-pip.log" 2>&1 || { cat "$IMG/engine-pip.log" >&2; die "pip install of the repo failed"; }
+  # build the wheel in a cached venv holding [build-system].requires (no per-build isolation env),
+  # then install it for the image's interpreter path
+  BREQ=$("$PY" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb")).get("build-system", {}).get("requires", ["setuptools", "wheel"])))' "$W/pyproject.toml")
+  BENV=$IMG/buildenv-$(echo "$BREQ $("$PY" -VV)" | hash_stdin)
+  if [ ! -x "$BENV/.ok" ]; then
+    rm -rf "$BENV"; "$PY" -m venv "$BENV"
+    echo "$BREQ" > "$BENV/requirements.txt"
+    "$BENV/bin/python" -m pip install -q -r "$BENV/requirements.txt" > "$IMG/engine-pip.log" 2>&1 \
+      || { cat "$IMG/engine-pip.log" >&2; die "installing the build requirements failed"; }
+    touch "$BENV/.ok"; chmod +x "$BENV/.ok"
+  fi
+  { "$BENV/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$W/dist" "$W" &&
+    "$PY" -m pip install -q --root "$S" --ignore-installed --no-deps --no-warn-script-location \
+      --no-compile "$W"/dist/*.whl; } > "$IMG/engine-pip.log" 2>&1 \
+    || { cat "$IMG/engine-pip.log" >&2; die "building/installing the repo's wheel failed"; }
   compile_tree "$S$PY_PREFIX"
   link_scripts "$S"
   chmod -R a+rX "$S"
@@ -146,7 +159,7 @@ if [ ! -s "$ENGINE_TAR" ]; then
     --config.env "PATH=/usr/local/bin:$PY_PREFIX/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     --config.env PYTHONUNBUFFERED=1 --config.cmd python --config.workingdir /home/engine \
     --architecture amd64 --os linux
-  skopeo copy -q "oci:$LAYOUT:engine-$ENGINE_KEY" "docker-archive:$ENGINE_TAR.tmp:$IMAGE_REF"
+  skopeo copy -q "oci:$LAYOUT:engine-$ENGINE_KEY" "oci-archive:$ENGINE_TAR.tmp:$IMAGE_REF"
   mv "$ENGINE_TAR.tmp" "$ENGINE_TAR"
   rm -rf "$W" "$S"
   # keep only the current tags and archives (layers of older project versions are tiny, but add up)
@@ -154,8 +167,9 @@ if [ ! -s "$ENGINE_TAR" ]; then
     case $t in base-$BASE_KEY|deps-$DEPS_KEY|engine-$ENGINE_KEY|pause-$PAUSE_KEY) ;; *) umoci rm --image "$LAYOUT:$t" ;; esac
   done
   umoci gc --layout "$LAYOUT"
-  for f in "$IMG"/engine-*.tar "$IMG"/pause-*.tar; do
-    case $f in "$ENGINE_TAR"|"$PAUSE_TAR") ;; *) rm -f "$f" ;; esac
+  for f in "$IMG"/engine-*.tar "$IMG"/pause-*.tar "$IMG"/buildenv-*; do
+    [ "$f" = "$BENV" ] && continue
+    case $f in "$ENGINE_TAR"|"$PAUSE_TAR") ;; *) rm -rf "$f" ;; esac
   done
   log "engine image built in $((SECONDS - t0)) s"
 fi
