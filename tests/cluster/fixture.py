@@ -31,6 +31,7 @@ STATE = Path(os.environ.get("KUBEMAGIC_CLUSTER_STATE", "/var/lib/kubemagic-clust
 HOST_IP = "10.88.0.1"
 IMAGE = "kubemagic-engine:dev"
 UP_TIMEOUT_S = float(os.environ.get("KUBEMAGIC_CLUSTER_UP_TIMEOUT", "5400"))
+UP_SCRIPT = os.environ.get("KUBEMAGIC_CLUSTER_UP", str(HARNESS / "up"))  # override: tests of the harness
 FIXTURE = "k8s_cluster"
 
 _up_result: dict = {}  # {"ok": bool, "output": str} once up ran in this process
@@ -68,7 +69,7 @@ def _run_up(config=None) -> dict:
         t0 = time.monotonic()
         try:
             proc = subprocess.Popen(
-                ["bash", str(HARNESS / "up")], cwd=REPO, stdout=subprocess.PIPE,
+                ["bash", UP_SCRIPT], cwd=REPO, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace")
         except OSError as e:
             return {"ok": False, "output": f"could not run tests/cluster/up: {e}"}
