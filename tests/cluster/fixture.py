@@ -16,8 +16,10 @@ from __future__ import annotations
 import base64
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -66,25 +68,37 @@ def _run_up(config=None) -> dict:
     lines: list[str] = []
 
     def run():
-        t0 = time.monotonic()
         try:
             proc = subprocess.Popen(
-                ["bash", UP_SCRIPT], cwd=REPO, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace")
+                ["bash", UP_SCRIPT], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
         except OSError as e:
             return {"ok": False, "output": f"could not run tests/cluster/up: {e}"}
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if tw is not None:
-                tw.write(line)
-                tw.flush()
-            if time.monotonic() - t0 > UP_TIMEOUT_S:
-                proc.kill()
-                lines.append(f"tests/cluster/up killed after {UP_TIMEOUT_S:.0f} s\n")
-                break
-        rc = proc.wait()
-        return {"ok": rc == 0, "output": "".join(lines), "rc": rc}
+        timed_out = threading.Event()
+
+        def kill():  # the script and whatever it runs (builds), never the daemons it detached
+            timed_out.set()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+        watchdog = threading.Timer(UP_TIMEOUT_S, kill)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if tw is not None:
+                    tw.write(line)
+                    tw.flush()
+            rc = proc.wait()
+        finally:
+            watchdog.cancel()
+        if timed_out.is_set():
+            lines.append(f"tests/cluster/up killed after {UP_TIMEOUT_S:.0f} s (KUBEMAGIC_CLUSTER_UP_TIMEOUT)\n")
+        return {"ok": rc == 0 and not timed_out.is_set(), "output": "".join(lines), "rc": rc}
 
     if capman is not None:
         with capman.global_and_fixture_disabled():
