@@ -90,8 +90,12 @@ if ! has_tag "base-$BASE_KEY"; then
   echo 'nameserver 127.0.0.1' > "$R/etc/resolv.conf"
   chroot "$R" "$PY_PREFIX/bin/python3" -c 'import ssl, ctypes, sqlite3, lzma, bz2, zlib, readline, uuid, json' \
     || die "the copied interpreter does not run in the base rootfs"
-  umoci new --image "$LAYOUT:base-$BASE_KEY"
-  timed umoci insert --image "$LAYOUT:base-$BASE_KEY" --history.comment "debootstrap bookworm + $PY_PREFIX" "$R" /
+  # build under a work tag, name it only when complete (an interrupted build must not look done)
+  umoci rm --image "$LAYOUT:work-base" 2>/dev/null || true
+  umoci new --image "$LAYOUT:work-base"
+  timed umoci insert --image "$LAYOUT:work-base" --history.comment "debootstrap bookworm + $PY_PREFIX" "$R" /
+  umoci tag --image "$LAYOUT:work-base" "base-$BASE_KEY"
+  umoci rm --image "$LAYOUT:work-base"
   rm -rf "$R"
   log "base layer built in $((SECONDS - t0)) s"
 fi
@@ -114,8 +118,10 @@ if ! has_tag "deps-$DEPS_KEY"; then
   compile_tree "$S$PY_PREFIX"
   link_scripts "$S"
   chmod -R a+rX "$S"
-  umoci tag --image "$LAYOUT:base-$BASE_KEY" "deps-$DEPS_KEY"
-  timed umoci insert --image "$LAYOUT:deps-$DEPS_KEY" --history.comment "dependencies of $(cat "$IMG/requirements.txt" | tr '\n' ' ')" "$S" /
+  umoci tag --image "$LAYOUT:base-$BASE_KEY" work-deps
+  timed umoci insert --image "$LAYOUT:work-deps" --history.comment "dependencies of $(tr '\n' ' ' < "$IMG/requirements.txt")" "$S" /
+  umoci tag --image "$LAYOUT:work-deps" "deps-$DEPS_KEY"
+  umoci rm --image "$LAYOUT:work-deps"
   rm -rf "$S"
   log "dependency layer built in $((SECONDS - t0)) s"
 fi
