@@ -47,8 +47,10 @@ def run_notebook(name: str, tmp_path: Path, env: dict[str, str] | None = None,
                             resources={"metadata": {"path": str(tmp_path)}})
     kernel_env = dict(os.environ)
     kernel_env.update(env or {})
-    client.execute(env=kernel_env)
-    (tmp_path / name).write_text(nbformat.writes(nb))  # the executed copy, for a failed run
+    try:
+        client.execute(env=kernel_env)
+    finally:  # the executed copy, also of a failed run, for diagnosis
+        (tmp_path / name).write_text(nbformat.writes(nb))
     return nb
 
 
