@@ -181,7 +181,7 @@ class KubeCluster:
         await self._cluster.start_controller()
         await self._cluster.start_engines(self._target)
         self._client = await self._cluster.connect_client()
-        self._client._registration_callbacks.append(self._events.put)
+        self._client._registration_callbacks.append(self._on_registration)
         for eid in list(self._client.ids):
             self._events.put({"event": "register", "id": eid})
 
@@ -281,6 +281,24 @@ class KubeCluster:
                         info.state = "gone"
                         self._views.pop(eid, None)
                     self._notify("engines")
+
+    def _on_registration(self, event: dict[str, Any]) -> None:
+        """Client IO thread: queue the event and have the loop thread apply it now.
+
+        Sending from the client's own IO thread is not safe, and waiting for the next API
+        call would leave a joining engine without its replay while the kernel is idle
+        (a Scale click after the cell ended, a pod the Job replaced).
+        """
+        self._events.put(event)
+        self._loop.loop.call_soon_threadsafe(self._process_events_quietly)
+
+    def _process_events_quietly(self) -> None:
+        try:
+            if self._client is not None:
+                self.process_events()
+        except Exception as e:  # keep the loop thread alive; say what happened
+            self.last_error = f"bringing a new engine up to date failed: {e}"
+            self._notify("state")
 
     def _join(self, eid: int) -> None:
         if eid in self.engines and self.engines[eid].state != "gone":
@@ -595,7 +613,11 @@ def import_statements(before: dict[str, Any], after: dict[str, Any],
             mod = value.__name__
             lines.append(f"import {mod}" if mod == name else f"import {mod} as {name}")
             continue
-        for mod in dict.fromkeys(imported):
+        # prefer the defining module (statistics re-exports fractions.Fraction), then the
+        # most recent import
+        home = getattr(value, "__module__", None)
+        candidates = ([home] if home in imported else []) + list(reversed(imported))
+        for mod in dict.fromkeys(candidates):
             source = sys.modules.get(mod)
             if source is not None and getattr(source, name, missing) is value:
                 lines.append(f"from {mod} import {name}")

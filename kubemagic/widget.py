@@ -67,6 +67,7 @@ class SessionWidget(w.VBox):
         self._lock = threading.Lock()
         self._last_engines = 0.0
         self._scaling_to: int | None = None
+        self._trailing: threading.Timer | None = None
         session.add_listener(self._on_change)
         self.refresh()
 
@@ -100,8 +101,17 @@ class SessionWidget(w.VBox):
     # -- refresh ---------------------------------------------------------------------------
     def _on_change(self, topic: str) -> None:
         if topic == "engines" and time.monotonic() - self._last_engines < ENGINES_REFRESH_S:
+            # throttled, but the last change must still be drawn: redraw once, shortly
+            if self._trailing is None:
+                self._trailing = threading.Timer(ENGINES_REFRESH_S, self._trailing_refresh)
+                self._trailing.daemon = True
+                self._trailing.start()
             return
         self.refresh(topic)
+
+    def _trailing_refresh(self) -> None:
+        self._trailing = None
+        self.refresh("engines")
 
     def refresh(self, topic: str = "all") -> None:
         """Redraw from the session's state (any thread)."""

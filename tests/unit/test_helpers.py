@@ -24,6 +24,15 @@ def test_import_statements_keep_aliases_and_from_imports():
     assert not any("y" in line.split() for line in code)
 
 
+def test_import_statements_prefer_the_defining_module():
+    import fractions
+    import statistics
+
+    code = import_statements({}, {"Fraction": fractions.Fraction}, ["fractions", "statistics"])
+    assert code == "from fractions import Fraction"
+    assert statistics.Fraction is fractions.Fraction  # the trap this avoids
+
+
 @pytest.mark.parametrize("value", [0, -3, 1.5, "4", True, None])
 def test_check_count_rejects(value):
     with pytest.raises(UsageError):
