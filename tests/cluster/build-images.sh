@@ -20,7 +20,8 @@ SITE=$PY_PREFIX/lib/python$PYVER/site-packages
 mkdir -p "$IMG"
 [ -d "$LAYOUT" ] || umoci init --layout "$LAYOUT"
 
-has_tag() { umoci ls --layout "$LAYOUT" 2>/dev/null | grep -qx "$1"; }
+# (no grep -q after a pipe: with pipefail its early exit can fail the writer with SIGPIPE)
+has_tag() { umoci ls --layout "$LAYOUT" 2>/dev/null | grep -x "$1" >/dev/null; }
 # compile every .py under $1 to .pyc that is trusted without stat'ing the source (image is immutable)
 compile_tree() { "$PY" -m compileall -q -f -j 0 --invalidation-mode unchecked-hash "$@" >/dev/null 2>&1 || true; }
 # console scripts a layer installs (ipengine, kubemagic, ...) go on PATH via /usr/local/bin
