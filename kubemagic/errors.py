@@ -7,6 +7,12 @@ input was wrong, not our code), so the kernel stays alive and the session stays 
 from __future__ import annotations
 
 
+def as_flags(option_names: list[str]) -> str:
+    """``["image", "start_timeout"]`` -> ``"--image, --start-timeout"``: errors name options
+    the way the user typed them in the magic."""
+    return ", ".join("--" + name.replace("_", "-") for name in option_names)
+
+
 class KubemagicError(Exception):
     """Base class: a problem the user can fix. ``fix`` says how."""
 

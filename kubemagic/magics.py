@@ -28,7 +28,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from . import session as session_mod
 from ._loop import in_kernel
-from .errors import SessionError, UsageError
+from .errors import SessionError, UsageError, as_flags
 
 #: options that describe the fleet; if given, they must match the running session
 _FLEET_OPTIONS = ("backend", "image", "namespace", "cpu", "memory", "gpu",
@@ -207,9 +207,8 @@ class KubeMagics(Magics):
                          if (k == "backend" and v not in ("auto", existing.backend))
                          or (k != "backend" and existing.options.get(k) != v)]
             if conflicts:
-                flags = ", ".join("--" + c.replace("_", "-") for c in conflicts)
                 raise SessionError(
-                    f"the running engines were started with different {flags}",
+                    f"the running engines were started with different {as_flags(conflicts)}",
                     fix="run %kubemap stop first to start a new fleet with these options, "
                     "or drop them to reuse the running one",
                 )

@@ -17,7 +17,7 @@ from ipyparallel.cluster.launcher import LocalEngineLauncher, LocalEngineSetLaun
 from traitlets import default
 
 from .._guard import PARENT_PID_ENV
-from ..errors import UsageError
+from ..errors import UsageError, as_flags
 from . import ENGINE_INDEX_ENV, BackendSpec
 
 #: ``python -m kubemagic._guard ipyparallel.engine`` — ipengine, tied to the kernel's life
@@ -36,9 +36,8 @@ def local_backend(**options: Any) -> BackendSpec:
     """The spec for local engines. Accepts ``env`` (extra engine environment) only."""
     wrong = sorted(k for k, v in options.items() if k in _KUBERNETES_ONLY and v)
     if wrong:
-        flags = ", ".join("--" + w.replace("_", "-") for w in wrong)
         raise UsageError(
-            f"{flags} only apply to engines on Kubernetes, but the backend is local",
+            f"{as_flags(wrong)} only apply to engines on Kubernetes, but the backend is local",
             fix="add --backend kubernetes (and make a kubeconfig or in-cluster config "
             "available), or drop those options",
         )
