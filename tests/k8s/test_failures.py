@@ -94,7 +94,8 @@ def test_gpu_request_reaches_the_scheduler(k8s_cluster, tmp_path, loop, two_gpus
         try:
             rc.wait_for_engines(2, timeout=120)
             pending = _wait_for_reason(launcher, {"Unschedulable"})
-            assert [s["index"] for s in pending] == [2], launcher.engine_states()
+            # which index waits is the scheduler's choice: exactly one does
+            assert len(pending) == 1, launcher.engine_states()
             assert "Insufficient nvidia.com/gpu" in pending[0]["message"]
             time.sleep(2)
             assert len(rc.ids) == 2  # the third never ran
