@@ -48,6 +48,7 @@ def test_nonexistent_image_is_quoted(k8s_cluster, tmp_path, loop):
         )
         print(f"\nimage pull failure visible after {time.monotonic() - t0:.1f} s")
         text = loop.run(launcher.diagnose())
+        print(text)
         assert "kubemagic-no-such-image:404" in text
         assert "fix: check that --image exists" in text
     finally:
@@ -62,6 +63,7 @@ def test_thousand_cpus_is_unschedulable_and_quoted(k8s_cluster, tmp_path, loop):
         launcher = _start(cluster, loop, 1)
         assert _wait_for_reason(launcher, {"Unschedulable"}), launcher.engine_states()
         text = loop.run(launcher.diagnose())
+        print(text)
         assert "Insufficient cpu" in text
         assert "FailedScheduling" in text  # the scheduler's event, quoted
         assert "lower --cpu" in text
@@ -126,6 +128,7 @@ def test_unreachable_controller_address_fails_fast_and_is_quoted(k8s_cluster, tm
         print(f"\nunreachable controller: Job failed after {time.monotonic() - t0:.1f} s")
         assert launcher.stop_data["exit_code"] == m.EXIT_CONTROLLER_GONE
         text = loop.run(launcher.diagnose())
+        print(text)
         assert f"no registration reply from the controller at tcp://{wrong}:" in text
         assert "exit code 17" in text and "--controller-address" in text
         assert wait_until(
@@ -136,3 +139,27 @@ def test_unreachable_controller_address_fails_fast_and_is_quoted(k8s_cluster, tm
         )
     finally:
         loop.run(cluster.stop_cluster(), timeout=120)
+
+
+def test_crashing_engine_is_quoted_with_its_last_lines(k8s_cluster, tmp_path, loop):
+    tenant = make_tenant(k8s_cluster, "crash")
+    crash = "import sys; print('ImportError: no module named mylib', flush=True); sys.exit(3)"
+    cluster = new_cluster(k8s_cluster, tenant, tmp_path, engine_cmd=["python", "-c", crash])
+    try:
+        launcher = _start(cluster, loop, 1)
+
+        def failed_once():
+            return any(
+                p["status"].get("phase") == "Failed" for p in launcher._mirror.pods_with_history()
+            )
+
+        assert wait_until(failed_once, 90, interval=0.2), launcher.engine_states()
+        text = loop.run(launcher.diagnose())
+        print(text)
+        assert "Failed — Error (exit code 3)" in text
+        assert "ImportError: no module named mylib" in text  # the log tail, via the pod status
+        assert "is kubemagic installed in --image?" in text
+        assert launcher.state == "running"  # a crash is retried, not fatal to the Job
+    finally:
+        loop.run(cluster.stop_cluster(), timeout=120)
+    assert leftovers(k8s_cluster, tenant.namespace) == {"jobs": [], "pods": [], "secrets": []}
