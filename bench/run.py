@@ -123,17 +123,21 @@ def descendants(pid: int) -> list[int]:
 
 
 def calibrate_spin(seconds: float) -> int:
-    """Iterations of :func:`spin` that take ``seconds`` here (best of a few, so noise only
-    makes the items slightly shorter than nominal, never the efficiency better)."""
-    n = 200_000
-    best = min(_timed(spin, n, 0) for _ in range(7))
+    """Iterations of :func:`spin` that take ``seconds`` of CPU here.
+
+    Timed with the thread's CPU clock, not the wall clock: on a shared machine a wall-clock
+    calibration taken while other processes run makes every item several times shorter
+    than nominal (seen: 0.77 s instead of 2 s of work)."""
+    n = 1_000_000
+    spin(n, 0)  # warm up the specialising interpreter
+    best = min(_cpu_timed(spin, n, 0) for _ in range(5))
     return max(1000, int(n * seconds / best))
 
 
-def _timed(f: Callable[..., Any], *a: Any) -> float:
-    t = now()
+def _cpu_timed(f: Callable[..., Any], *a: Any) -> float:
+    t = time.thread_time()
     f(*a)
-    return now() - t
+    return time.thread_time() - t
 
 
 # -- workloads -----------------------------------------------------------------------------------
@@ -146,7 +150,7 @@ class Workloads:
         # one task/future per item costs milliseconds each: a smaller N keeps the run short;
         # these systems report items/s over their own N (see metadata)
         self.noop_n_per_item_task = 500 if quick else 2_000
-        self.noop_n_processpool_cs1 = 10_000 if quick else 50_000
+        self.noop_n_processpool_cs1 = 10_000 if quick else 20_000
         self.cpu_items = 200
         self.cpu_item_s = 0.010
         self.spin_per_s = calibrate_spin(1.0)
@@ -176,16 +180,17 @@ class Workloads:
         return self._array
 
     def serial_seconds(self, args: list[tuple[int, int]], passes: int = 2) -> float:
-        """Serial time of the workload in this process: each item timed ``passes`` times
-        (interleaved passes), its fastest time kept, summed. On a shared machine this is the
-        uncontended work, so other processes' noise cannot make efficiency look better."""
-        best = [math.inf] * len(args)
+        """Serial time of the workload in this process: the CPU time (thread clock) of
+        running every item, the fastest of ``passes`` passes. On a shared machine this is
+        the uncontended work, so other processes' noise cannot make efficiency look better
+        (it makes the parallel runs slower, which is real)."""
+        best = math.inf
         for _ in range(passes):
-            for j, a in enumerate(args):
-                t = now()
+            t = time.thread_time()
+            for a in args:
                 spin(*a)
-                best[j] = min(best[j], now() - t)
-        return sum(best)
+            best = min(best, time.thread_time() - t)
+        return best
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -199,9 +204,9 @@ class Workloads:
                 "to keep the run short -- a rate, so comparable"),
             "cpu_items": self.cpu_items,
             "cpu_item_nominal_s": self.cpu_item_s,
-            "cpu_note": "efficiency = serial time in this process / (2 workers x wall); "
-                        "serial time measured in the same repeat, each item's fastest of "
-                        "2-3 passes (the uncontended work)",
+            "cpu_note": "efficiency = serial time / (2 workers x wall); serial time = CPU "
+                        "time (thread clock) of running all items in this process, fastest "
+                        "of 2-3 passes, measured in the same repeat (the uncontended work)",
             "hetero_items": self.het_items,
             "hetero_lognormal_median_s": self.het_median_s,
             "hetero_lognormal_sigma": self.het_sigma,
@@ -621,6 +626,23 @@ class Bench:
 
         k8s_bench.run(self, quick=self.quick)
 
+    def merge(self, path: str) -> None:
+        """Adopt another run's samples for the metrics/keys this run did not measure."""
+        other = json.loads(Path(path).read_text())
+        taken = []
+        for metric, by_key in (other.get("samples") or {}).items():
+            for key, values in by_key.items():
+                if not self.samples.get(metric, {}).get(key):
+                    self.samples.setdefault(metric, {})[key] = list(values)
+                    taken.append(f"{metric}.{key}")
+        meta = other.get("metadata") or {}
+        if meta.get("k8s") and not self.info.get("k8s"):
+            self.info["k8s"] = meta["k8s"]
+        self.info["merged_from"] = {"file": str(path), "started": meta.get("started"),
+                                    "keys": taken, "errors": meta.get("errors")}
+        if any(k.startswith("k8s_") for k in taken):
+            self.args.cluster = True
+
     # -- output ----------------------------------------------------------------------------------
     def result(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -643,6 +665,7 @@ class Bench:
             "kernel_first_cell_s": self.info.get("kernel_first_cell_s"),
             "k8s": self.info.get("k8s"),
             "errors": self.info["errors"],
+            "merged_from": self.info.get("merged_from"),
             "versions": versions(),
             "git": git_rev(),
             "started": self.info.get("started"),
@@ -838,6 +861,17 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 # -- main ----------------------------------------------------------------------------------------
+def _exit_on_sigterm() -> None:
+    """SIGTERM/SIGHUP run the ``finally`` blocks (clusters are stopped, nothing leaks)."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small N, one repeat (CI)")
@@ -850,10 +884,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="markdown table output (default: the JSON path with .md)")
     p.add_argument("--no-kernel", action="store_true",
                    help="skip the %%kubemap-in-a-real-kernel overhead measurement")
+    p.add_argument("--merge", action="append", default=[], metavar="JSON",
+                   help="take the samples of metrics not measured in this run from an earlier "
+                   "run's JSON (e.g. a --cluster-only run, when the cluster was up at "
+                   "another time); recorded in metadata.merged_from. Repeatable.")
+    p.add_argument("--no-run", action="store_true",
+                   help="measure nothing: combine the --merge files (the first one's "
+                   "metadata) and write the JSON and table")
     p.add_argument("--only", type=lambda v: v.split(","), default=None,
                    help="comma-separated subset (kubemap, ipp_default, dask, processpool_cs1, "
                    "processpool_auto, kubemap_curve, ipp_default_curve, kernel), for development")
     args = p.parse_args(argv)
+    _exit_on_sigterm()
     if args.cluster_only:
         args.cluster = True
     sys.path.insert(0, str(HERE))
@@ -865,6 +907,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--cluster: cannot measure on Kubernetes: {problem}", file=sys.stderr)
             return 2
 
+    if args.no_run:
+        if not args.merge:
+            p.error("--no-run needs at least one --merge JSON")
+        result = combine(args.merge)
+        return write_outputs(args, result)
+
     bench = Bench(args)
     bench.info["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     with contextlib.suppress(OSError):
@@ -875,7 +923,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.cluster:
         bench.run_cluster()
     bench.info["duration_s"] = round(now() - t0, 1)
+    for path in args.merge:
+        bench.merge(path)
     result = bench.result()
+    code = write_outputs(args, result)
+    log(f"done in {bench.info['duration_s']} s")
+    return code
+
+
+def combine(paths: list[str]) -> dict[str, Any]:
+    """Several runs' JSON as one: the first one's metadata and samples, plus the samples of
+    metric keys it lacks from the others; medians recomputed."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    result = runs[0]
+    samples = result.setdefault("samples", {})
+    merged = []
+    for path, other in zip(paths[1:], runs[1:]):
+        taken = []
+        for metric, by_key in (other.get("samples") or {}).items():
+            for key, values in by_key.items():
+                if not samples.get(metric, {}).get(key):
+                    samples.setdefault(metric, {})[key] = list(values)
+                    taken.append(f"{metric}.{key}")
+        meta = other.get("metadata") or {}
+        if meta.get("k8s") and not result["metadata"].get("k8s"):
+            result["metadata"]["k8s"] = meta["k8s"]
+        merged.append({"file": str(path), "started": meta.get("started"), "keys": taken,
+                       "errors": meta.get("errors")})
+    for metric, by_key in samples.items():
+        result[metric] = {k: median(v) for k, v in by_key.items()}
+    result["metadata"]["merged_from"] = merged
+    return result
+
+
+def write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> int:
     table = markdown(result)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -883,9 +964,11 @@ def main(argv: list[str] | None = None) -> int:
     md_path = Path(args.md) if args.md else out.with_suffix(".md")
     md_path.write_text(table)
     print(table)
-    log(f"wrote {out} and {md_path} in {bench.info['duration_s']} s")
+    log(f"wrote {out} and {md_path}")
+    with_k8s = args.cluster or "k8s_engines_ready_s" in result
     missing = [f"{m}.{k}" for m, keys in REQUIRED.items() for k in keys
-               if (args.cluster or not m.startswith("k8s_")) and result[m].get(k) is None
+               if (with_k8s or not m.startswith("k8s_"))
+               and (result.get(m) or {}).get(k) is None
                and not (args.cluster_only and not m.startswith("k8s_"))]
     if missing or result["metadata"]["errors"]:
         log(f"FAILED: no value for {', '.join(missing) or '-'}; errors: "
