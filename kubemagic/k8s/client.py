@@ -1,9 +1,11 @@
 """The Kubernetes API handle, and the translation of API failures into errors users can act on.
 
-Every call the backend makes goes through :func:`api_call`, which knows the verb,
-resource and namespace it is about — so a 403 becomes "may not create jobs in namespace
-x; apply ``kubemagic rbac``" instead of a wall of JSON, and a call can never hang a
-cell (each has a timeout).
+Requests are plain REST with plain dicts (:meth:`Api.request`): the generated typed client
+builds ~300 pydantic models when ``CoreV1Api`` is first imported, close to a second of
+CPU before the first engine could even be requested. Every call the backend makes goes
+through :func:`api_call`, which knows the verb, resource and namespace it is about — so a
+403 becomes "may not create jobs in namespace x; apply ``kubemagic rbac``" instead of a
+wall of JSON — and carries a timeout, so no call can hang a cell.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
-import kubernetes.client as k8s
 import kubernetes.config as k8s_config
-import pydantic
 import urllib3
+from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.exceptions import ApiException
 
 from ..errors import PermissionDenied, StartupError, UsageError
@@ -32,18 +34,100 @@ REQUEST_TIMEOUT = 15
 class Api:
     """One API connection (its own configuration, never the client's global default)."""
 
-    api_client: k8s.ApiClient
-    core: k8s.CoreV1Api
-    batch: k8s.BatchV1Api
-    authorization: k8s.AuthorizationV1Api
-    authentication: k8s.AuthenticationV1Api
+    api_client: ApiClient
     #: how the backend authenticated, for messages: "in-cluster" or "kubeconfig (context)"
     source: str
 
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | tuple[float, float] = REQUEST_TIMEOUT,
+        raw: bool = False,
+    ) -> Any:
+        """One API request; the decoded JSON answer (``raw``: the urllib3 response, unread).
+
+        Raises :class:`ApiException` for any non-2xx status, like the typed client.
+        """
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        request = self.api_client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=[(k, v) for k, v in (query or {}).items() if v is not None],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api_client.call_api(*request, _request_timeout=timeout)
+        if not 200 <= response.status <= 299:
+            response.read()
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        if raw:
+            return response.response
+        response.read()
+        return json.loads(response.data) if response.data else None
+
+    def watch(self, path: str, query: dict[str, Any], seconds: int) -> Iterator[dict[str, Any]]:
+        """The events of one watch request (``{"type": ..., "object": {...}}``), for at most
+        ``seconds`` (server side, with a client-side read timeout as a backstop).
+
+        A watch ``ERROR`` event (e.g. 410 Gone: the resourceVersion is too old) is raised
+        as :class:`ApiException` with its status code.
+        """
+        response = self.request(
+            "GET",
+            path,
+            query={**query, "watch": "true", "timeoutSeconds": seconds},
+            timeout=(REQUEST_TIMEOUT, seconds + REQUEST_TIMEOUT),
+            raw=True,
+        )
+        try:
+            buffer = b""
+            for chunk in response.stream(amt=None, decode_content=True):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        raise ApiException(status=status.get("code"), reason=status.get("message"))
+                    yield event
+        finally:
+            response.release_conn()
+
     @staticmethod
     def read_json(response: Any) -> Any:
-        """Decode a response fetched with ``_preload_content=False`` into plain dicts."""
+        """Decode a typed-client response fetched with ``_preload_content=False``."""
         return json.loads(response.data)
+
+    # The typed API groups, for code that prefers them (``kubemagic doctor``, ``clean``).
+    # Built on first use only: their import is the cost :meth:`request` avoids.
+
+    @cached_property
+    def core(self) -> Any:
+        from kubernetes.client import CoreV1Api
+
+        return CoreV1Api(self.api_client)
+
+    @cached_property
+    def batch(self) -> Any:
+        from kubernetes.client import BatchV1Api
+
+        return BatchV1Api(self.api_client)
+
+    @cached_property
+    def authorization(self) -> Any:
+        from kubernetes.client import AuthorizationV1Api
+
+        return AuthorizationV1Api(self.api_client)
 
 
 def connect(kubeconfig: str | None = None, context: str | None = None) -> Api:
@@ -51,7 +135,7 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Api:
 
     Raises :class:`StartupError` when neither works, saying how to provide one.
     """
-    configuration = k8s.Configuration()
+    configuration = Configuration()
     try:
         if incluster.in_cluster() and not kubeconfig and not context:
             k8s_config.load_incluster_config(client_configuration=configuration)
@@ -69,15 +153,15 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Api:
             fix="run the kernel in a cluster, set KUBECONFIG (or pass kubeconfig=/context=), "
             "or use --backend local",
         ) from None
-    api_client = k8s.ApiClient(configuration)
-    return Api(
-        api_client=api_client,
-        core=k8s.CoreV1Api(api_client),
-        batch=k8s.BatchV1Api(api_client),
-        authorization=k8s.AuthorizationV1Api(api_client),
-        authentication=k8s.AuthenticationV1Api(api_client),
-        source=source,
-    )
+    return Api(api_client=ApiClient(configuration), source=source)
+
+
+def namespaced(namespace: str, resource: str, name: str = "", group: str = "") -> str:
+    """The REST path of a namespaced resource (collection, or one object with ``name``);
+    ``group`` with its version, e.g. ``batch/v1`` (core resources: none)."""
+    prefix = f"/apis/{group}" if group else "/api/v1"
+    path = f"{prefix}/namespaces/{namespace}/{resource}"
+    return f"{path}/{name}" if name else path
 
 
 def api_message(error: ApiException) -> str:
@@ -118,15 +202,6 @@ def api_call(verb: str, resource: str, namespace: str | None = None) -> Iterator
                 "(pod_overrides, node_selector, tolerations, env)",
             ) from None
         raise
-    except pydantic.ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:3]
-        )
-        raise UsageError(
-            f"the {resource} kubemagic would {verb} is not valid Kubernetes: {problems}",
-            fix="check the options that shape the engine pods "
-            "(pod_overrides, node_selector, tolerations, env)",
-        ) from None
     except (urllib3.exceptions.HTTPError, OSError) as e:
         if isinstance(e, urllib3.exceptions.ReadTimeoutError):
             detail = f"no answer within {REQUEST_TIMEOUT} s"

@@ -169,11 +169,7 @@ def own_pod(api: Api) -> dict[str, Any] | None:
     if not name or not namespace:
         return None
     try:
-        return api.read_json(
-            api.core.read_namespaced_pod(
-                name, namespace, _preload_content=False, _request_timeout=5
-            )
-        )
+        return api.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}", timeout=5)
     except Exception:
         return None
 

@@ -25,9 +25,8 @@ import os
 import signal as signals
 import time
 from textwrap import indent
-from typing import Any, cast
+from typing import Any
 
-import kubernetes.client as k8s
 from ipyparallel.cluster.launcher import (
     EngineLauncher,
     LauncherError,
@@ -38,7 +37,7 @@ from traitlets import Bool, Dict, Integer, List, Unicode, default
 
 from ..errors import SessionError, UsageError
 from . import incluster, manifests
-from .client import REQUEST_TIMEOUT, Api, api_call, connect, is_not_found
+from .client import Api, api_call, connect, is_not_found, namespaced
 from .diagnose import explain
 from .options import KubernetesOptions, parse_options
 from .podstate import pod_state, slot_states
@@ -302,37 +301,27 @@ class KubernetesEngineSetLauncher(EngineLauncher):
         secret = manifests.connection_secret(name, ns, self._labels(), connection)
         api = self.api
         with api_call("create", "secrets", ns):
-            api.core.create_namespaced_secret(
-                ns,
-                k8s.V1Secret.model_validate(secret),
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
+            api.request("POST", namespaced(ns, "secrets"), body=secret)
         try:
             with api_call("create", "jobs.batch", ns):
-                created = api.read_json(
-                    api.batch.create_namespaced_job(
-                        ns,
-                        k8s.V1Job.model_validate(job),
-                        field_validation="Strict",
-                        _preload_content=False,
-                        _request_timeout=REQUEST_TIMEOUT,
-                    )
+                created = api.request(
+                    "POST", self._jobs(), query={"fieldValidation": "Strict"}, body=job
                 )
             self.job_uid = created["metadata"]["uid"]
             with api_call("patch", "secrets", ns):
-                api.core.patch_namespaced_secret(
-                    name,
-                    ns,
-                    manifests.secret_owner_patch(name, self.job_uid),
-                    _content_type=_MERGE_PATCH,
-                    _preload_content=False,
-                    _request_timeout=REQUEST_TIMEOUT,
+                api.request(
+                    "PATCH",
+                    namespaced(ns, "secrets", name),
+                    body=manifests.secret_owner_patch(name, self.job_uid),
+                    content_type=_MERGE_PATCH,
                 )
         except BaseException:
             with contextlib.suppress(Exception):  # the first error is the one to report
                 self._delete_objects(wait=False)
             raise
+
+    def _jobs(self, name: str = "") -> str:
+        return namespaced(self.namespace, "jobs", name, group="batch/v1")
 
     def _watch(self) -> None:
         self._mirror = JobMirror(self.api, self.namespace, self.job_name, self._job_changed)
@@ -392,28 +381,14 @@ class KubernetesEngineSetLauncher(EngineLauncher):
 
     def _delete_objects(self, *, wait: bool) -> None:
         """Delete Job and Secret (404 is success); with ``wait``, until pods and Job are gone."""
-        api, ns, name = self.api, self.namespace, self.job_name
-        for verb_resource, call in (
-            (
-                "jobs.batch",
-                lambda: api.batch.delete_namespaced_job(
-                    name,
-                    ns,
-                    propagation_policy="Foreground",
-                    _preload_content=False,
-                    _request_timeout=REQUEST_TIMEOUT,
-                ),
-            ),
-            (
-                "secrets",
-                lambda: api.core.delete_namespaced_secret(
-                    name, ns, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-                ),
-            ),
+        ns, name = self.namespace, self.job_name
+        for resource, path, query in (
+            ("jobs.batch", self._jobs(name), {"propagationPolicy": "Foreground"}),
+            ("secrets", namespaced(ns, "secrets", name), None),
         ):
             try:
-                with api_call("delete", verb_resource, ns):
-                    call()
+                with api_call("delete", resource, ns):
+                    self.api.request("DELETE", path, query=query)
             except Exception as e:
                 if not is_not_found(e):
                     raise
@@ -433,23 +408,18 @@ class KubernetesEngineSetLauncher(EngineLauncher):
 
     def _remaining_objects(self) -> str:
         """ "" when the Job and all its pods are gone, else what is left (for the timeout)."""
-        api, ns, name = self.api, self.namespace, self.job_name
+        ns = self.namespace
         with api_call("list", "pods", ns):
-            pods = api.read_json(
-                api.core.list_namespaced_pod(
-                    ns,
-                    label_selector=f"{manifests.JOB_NAME_LABEL}={name}",
-                    _preload_content=False,
-                    _request_timeout=REQUEST_TIMEOUT,
-                )
+            pods = self.api.request(
+                "GET",
+                namespaced(ns, "pods"),
+                query={"labelSelector": f"{manifests.JOB_NAME_LABEL}={self.job_name}"},
             )["items"]
         if pods:
             return f"{len(pods)} pod(s)"
         try:
             with api_call("get", "jobs.batch", ns):
-                api.batch.read_namespaced_job(
-                    name, ns, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-                )
+                self.api.request("GET", self._jobs(self.job_name))
         except Exception as e:
             if is_not_found(e):
                 return ""
@@ -482,12 +452,10 @@ class KubernetesEngineSetLauncher(EngineLauncher):
         for pod in self._mirror.pods():
             try:
                 with api_call("delete", "pods", self.namespace):
-                    self.api.core.delete_namespaced_pod(
-                        pod["metadata"]["name"],
-                        self.namespace,
-                        grace_period_seconds=grace,
-                        _preload_content=False,
-                        _request_timeout=REQUEST_TIMEOUT,
+                    self.api.request(
+                        "DELETE",
+                        namespaced(self.namespace, "pods", pod["metadata"]["name"]),
+                        query={"gracePeriodSeconds": grace},
                     )
             except Exception as e:
                 if not is_not_found(e):
@@ -516,15 +484,16 @@ class KubernetesEngineSetLauncher(EngineLauncher):
     def _pod_log(self, pod: str, lines: int | None = None) -> str:
         try:
             with api_call("get", "pods/log", self.namespace):
-                response = self.api.core.read_namespaced_pod_log(
-                    pod,
-                    self.namespace,
-                    container=manifests.ENGINE_CONTAINER,
-                    tail_lines=lines or self.output_limit,
-                    _preload_content=False,
-                    _request_timeout=REQUEST_TIMEOUT,
+                response = self.api.request(
+                    "GET",
+                    namespaced(self.namespace, "pods", f"{pod}/log"),
+                    query={
+                        "container": manifests.ENGINE_CONTAINER,
+                        "tailLines": lines or self.output_limit,
+                    },
+                    raw=True,
                 )
-            return bytes(cast(Any, response).data).decode("utf8", "replace")
+            return bytes(response.data).decode("utf8", "replace")
         except Exception:
             return ""  # no container yet, pod gone, or logs not readable: nothing to show
 
@@ -537,14 +506,7 @@ class KubernetesEngineSetLauncher(EngineLauncher):
             raise NotRunning("no engine Job recorded")
         try:
             with api_call("get", "jobs.batch", self.namespace):
-                job = self.api.read_json(
-                    self.api.batch.read_namespaced_job(
-                        self.job_name,
-                        self.namespace,
-                        _preload_content=False,
-                        _request_timeout=REQUEST_TIMEOUT,
-                    )
-                )
+                job = self.api.request("GET", self._jobs(self.job_name))
         except Exception as e:
             if is_not_found(e):
                 raise NotRunning(f"engine Job {self.job_name} is gone") from None
@@ -571,13 +533,11 @@ class KubernetesEngineSetLauncher(EngineLauncher):
         try:
             with api_call("patch", "jobs.batch", self.namespace):
                 await asyncio.to_thread(
-                    self.api.batch.patch_namespaced_job,
-                    self.job_name,
-                    self.namespace,
-                    manifests.scale_patch(n),
-                    _content_type=_MERGE_PATCH,
-                    _preload_content=False,
-                    _request_timeout=REQUEST_TIMEOUT,
+                    self.api.request,
+                    "PATCH",
+                    self._jobs(self.job_name),
+                    body=manifests.scale_patch(n),
+                    content_type=_MERGE_PATCH,
                 )
         except Exception as e:
             if is_not_found(e):
@@ -633,11 +593,8 @@ class KubernetesEngineSetLauncher(EngineLauncher):
 
     def _events(self, name: str) -> list[dict[str, Any]]:
         with api_call("list", "events", self.namespace):
-            return self.api.read_json(
-                self.api.core.list_namespaced_event(
-                    self.namespace,
-                    field_selector=f"involvedObject.name={name}",
-                    _preload_content=False,
-                    _request_timeout=REQUEST_TIMEOUT,
-                )
+            return self.api.request(
+                "GET",
+                namespaced(self.namespace, "events"),
+                query={"fieldSelector": f"involvedObject.name={name}"},
             )["items"]

@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import kubernetes.client as k8s
-
-from .client import REQUEST_TIMEOUT, Api, api_call, permission_denied
+from .client import Api, api_call, permission_denied
 from .manifests import ROLE_RULES
 
 
@@ -69,14 +67,14 @@ def check_permissions(api: Api, namespace: str) -> None:
     real 403 is still translated where it happens.
     """
     with api_call("create", "selfsubjectrulesreviews.authorization.k8s.io"):
-        review = api.read_json(
-            api.authorization.create_self_subject_rules_review(
-                body=k8s.V1SelfSubjectRulesReview(
-                    spec=k8s.V1SelfSubjectRulesReviewSpec(namespace=namespace)
-                ),
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
+        review = api.request(
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+            body={
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectRulesReview",
+                "spec": {"namespace": namespace},
+            },
         )
     status = review.get("status") or {}
     missing = missing_permissions(status.get("resourceRules") or [])
@@ -88,12 +86,11 @@ def whoami(api: Api) -> str | None:
     """The user name the API sees us as (``system:serviceaccount:ns:name`` for pods), for
     naming the service account in the fix of a permission error. None if unknown."""
     try:
-        review = api.read_json(
-            api.authentication.create_self_subject_review(
-                body=k8s.V1SelfSubjectReview(),
-                _preload_content=False,
-                _request_timeout=5,
-            )
+        review = api.request(
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+            timeout=5,
         )
         return review["status"]["userInfo"]["username"]
     except Exception:

@@ -9,7 +9,6 @@ is driven from whatever event loop (or none) ipyparallel's sync wrappers use.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import OrderedDict
@@ -17,9 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
-from kubernetes.watch import Watch
 
-from .client import REQUEST_TIMEOUT, Api, api_message
+from .client import Api, api_message, namespaced
 from .manifests import JOB_NAME_LABEL
 
 log = logging.getLogger(__name__)
@@ -66,8 +64,8 @@ class JobMirror:
             threading.Thread(
                 target=self._run,
                 args=(
-                    self._api.batch.list_namespaced_job,
-                    {"field_selector": f"metadata.name={self.job_name}"},
+                    namespaced(self.namespace, "jobs", group="batch/v1"),
+                    {"fieldSelector": f"metadata.name={self.job_name}"},
                     self._apply_job,
                     self._replace_job,
                 ),
@@ -77,8 +75,8 @@ class JobMirror:
             threading.Thread(
                 target=self._run,
                 args=(
-                    self._api.core.list_namespaced_pod,
-                    {"label_selector": f"{JOB_NAME_LABEL}={self.job_name}"},
+                    namespaced(self.namespace, "pods"),
+                    {"labelSelector": f"{JOB_NAME_LABEL}={self.job_name}"},
                     self._apply_pod,
                     self._replace_pods,
                 ),
@@ -146,7 +144,7 @@ class JobMirror:
 
     def _run(
         self,
-        list_func: Callable[..., Any],
+        path: str,
         selector: dict[str, str],
         apply: Callable[[str, dict[str, Any] | None], None],
         replace: Callable[[list[dict[str, Any]]], None],
@@ -156,17 +154,11 @@ class JobMirror:
         while not self._stop.is_set():
             try:
                 if version is None:
-                    version = self._relist(list_func, selector, replace)
-                for event in Watch().stream(
-                    list_func,
-                    self.namespace,
-                    resource_version=version,
-                    timeout_seconds=WATCH_SECONDS,
-                    allow_watch_bookmarks=True,
-                    deserialize=False,
-                    _request_timeout=WATCH_SECONDS + REQUEST_TIMEOUT,
-                    **selector,
-                ):
+                    listed = self._api.request("GET", path, query=selector)
+                    replace(listed.get("items") or [])
+                    version = listed["metadata"]["resourceVersion"]
+                query = {**selector, "resourceVersion": version, "allowWatchBookmarks": "true"}
+                for event in self._api.watch(path, query, WATCH_SECONDS):
                     obj = event.get("object") or {}
                     version = (obj.get("metadata") or {}).get("resourceVersion") or version
                     if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
@@ -185,17 +177,3 @@ class JobMirror:
                 self.error = f"watching {self.job_name} failed: {e!r}"
                 log.debug(self.error)
                 self._stop.wait(1)
-
-    def _relist(
-        self,
-        list_func: Callable[..., Any],
-        selector: dict[str, str],
-        replace: Callable[[list[dict[str, Any]]], None],
-    ) -> str:
-        """Replace the mirror's view with a fresh list; return its resourceVersion."""
-        response = list_func(
-            self.namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **selector
-        )
-        data = json.loads(response.data)
-        replace(data.get("items") or [])
-        return data["metadata"]["resourceVersion"]

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from kubemagic.k8s.diagnose import explain, hint, registration_problem
-from kubemagic.k8s.manifests import COMPLETION_INDEX_ANNOTATION, EXIT_CONTROLLER_GONE
+from kubemagic.k8s.manifests import (
+    COMPLETION_INDEX_ANNOTATION,
+    EXIT_CONTROLLER_GONE,
+    EXIT_TERMINATED,
+)
 from kubemagic.k8s.podstate import pod_state, slot_states
 
 UNSCHEDULABLE_GPU = (
@@ -123,6 +127,7 @@ def test_hints_name_the_flag_to_change():
         pod_state(failed(0, EXIT_CONTROLLER_GONE)), "tcp://1.2.3.4:47100"
     )
     assert hint(pod_state(running(0))) == ""
+    assert hint(pod_state(failed(0, EXIT_TERMINATED))) == ""  # deleted on purpose
 
 
 def test_registration_problem_from_log():
