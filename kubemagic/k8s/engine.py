@@ -24,7 +24,7 @@ import sys
 from typing import Any
 
 from ipyparallel.engine.app import IPEngine
-from traitlets import Float
+from traitlets import Bool, Float
 
 from .manifests import EXIT_CONTROLLER_GONE, EXIT_TERMINATED
 
@@ -53,6 +53,16 @@ class KubernetesEngine(IPEngine):
         config=True,
         help="Seconds to wait for the controller's registration reply before exiting "
         f"with code {EXIT_CONTROLLER_GONE} (controller unreachable).",
+    )
+
+    # The nanny is a second Python process per engine (~0.4 s of CPU and of wall time before
+    # registration). In a container it cannot do its main job — reporting the engine's
+    # death — because the engine is PID 1 and its death kills the nanny with it; heartbeats
+    # report it instead. It remains available for Client.send_signal: --IPEngine.enable_nanny.
+    enable_nanny = Bool(
+        False,
+        config=True,
+        help="Run ipyparallel's nanny process (needed only for Client.send_signal).",
     )
 
     def initialize(self, argv: list[str] | None = None) -> None:

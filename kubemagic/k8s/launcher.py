@@ -439,12 +439,13 @@ class KubernetesEngineSetLauncher(EngineLauncher):
 
         Other signals cannot reach a pod's process without ``pods/exec``; interrupt a
         running task with ``Client.send_signal`` instead, which goes through the engine's
-        nanny over the controller.
+        nanny over the controller (start engines with ``--IPEngine.enable_nanny=True``).
         """
         if sig not in (signals.SIGTERM, signals.SIGKILL):
             raise LauncherError(
                 f"signal {sig} cannot be delivered to engine pods; use "
-                "Client.send_signal(signal, targets) (through the engine's nanny)"
+                "Client.send_signal(signal, targets), with engine_args "
+                "['--IPEngine.enable_nanny=True'] (the nanny relays it)"
             )
         if self._mirror is None:
             return
