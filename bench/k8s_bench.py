@@ -364,6 +364,12 @@ def run(bench: Any, quick: bool = False) -> None:
                             "controller_address": cl.host_ip}
     bench.info["k8s"] = info
     repeats = 1 if quick else 3
+    info["repeats"] = repeats
+    info["pod_loss_repeats"] = 1 if quick else 2
+    info["note"] = ("ipp_plain = ipp.Cluster(engines='kubernetes') with ipyparallel defaults "
+                    "(3000 ms heartbeat, process controller, plain ipengine in the pods), "
+                    "same Job/Secret/pod spec; pod loss = kubectl delete pod (SIGTERM, "
+                    "default grace) a third into a 400 x 50 ms (sleep) map on 2 engines")
     _log(f"namespace {cl.namespace}, {repeats} repeat(s)")
     systems = [(KubemapK8s, ""), (PlainIppK8s, "_ipp_plain")]
     try:
@@ -375,7 +381,7 @@ def run(bench: Any, quick: bool = False) -> None:
                     except Exception as e:
                         bench.error(f"k8s {system_cls.__name__} n={n}", e)
         for system_cls, key in ((KubemapK8s, "kubemap"), (PlainIppK8s, "ipp_plain")):
-            for _ in range(1 if quick else 2):
+            for _ in range(info["pod_loss_repeats"]):
                 try:
                     measure_pod_loss(bench, cl, system_cls, key)
                 except Exception as e:

@@ -780,7 +780,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"kubemagic benchmark — {md['machine']['cpus']} CPUs ({md['machine']['cpu']}), "
         f"Python {md['machine']['python']}, ipyparallel {md['versions'].get('ipyparallel')}, "
         f"dask {md['versions'].get('dask')}; {'quick' if md['quick'] else 'full'} run, "
-        f"median of {md['repeats']} repeat(s), {md['engines']} engines/workers.",
+        f"median of {md['repeats']} repeat(s)"
+        + (f" (Kubernetes: {md['k8s']['repeats']}, pod loss {md['k8s']['pod_loss_repeats']})"
+           if isinstance(md.get("k8s"), dict) and "repeats" in md["k8s"] else "")
+        + f", {md['engines']} engines/workers; load average "
+        f"{' '.join(md.get('loadavg_at_start') or [])} at start (a shared, noisy machine).",
         "",
         "| metric | kubemap | ipp default | dask | pool cs=1 | pool auto | target | holds |",
         "|---|---|---|---|---|---|---|---|",
@@ -807,14 +811,15 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     if "k8s_engines_ready_s" in r:
         layout += [
-            ("k8s: Job create → 2 engines ready", "k8s_engines_ready_s", "n2",
-             ["n2_ipp_plain", None, None, None]),
-            ("k8s: Job create → 8 engines ready", "k8s_engines_ready_s", "n8",
+            ("k8s: Job create → 2 engines ready (ipp column: plain ipp, same Job)",
+             "k8s_engines_ready_s", "n2", ["n2_ipp_plain", None, None, None]),
+            ("k8s: Job create → 8 engines ready (ipp: plain)", "k8s_engines_ready_s", "n8",
              ["n8_ipp_plain", None, None, None]),
-            ("k8s: start → first result", "k8s_first_result_s", "kubemap",
+            ("k8s: start → first result (ipp: plain)", "k8s_first_result_s", "kubemap",
              ["ipp_plain", None, None, None]),
-            ("k8s: scale 2 → 4", "k8s_scale_up_s", "kubemap", ["ipp_plain", None, None, None]),
-            ("k8s: pod loss, extra seconds", "k8s_pod_loss_extra_s", "kubemap",
+            ("k8s: scale 2 → 4 (ipp: plain)", "k8s_scale_up_s", "kubemap",
+             ["ipp_plain", None, None, None]),
+            ("k8s: pod loss, extra seconds (ipp: plain)", "k8s_pod_loss_extra_s", "kubemap",
              ["ipp_plain", None, None, None]),
         ]
     ratio_lines = []
