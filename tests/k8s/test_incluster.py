@@ -77,7 +77,7 @@ def test_kernel_in_a_pod_needs_no_options_and_owns_its_engines(k8s_cluster):
 
     def log() -> str:
         try:
-            return core.read_namespaced_pod_log("jupyter-alice", ns)
+            return core.read_namespaced_pod_log("jupyter-alice", ns) or ""
         except client.ApiException:
             return ""
 
