@@ -155,8 +155,15 @@ class KubeCluster:
             os.environ["IPP_ENABLE_CURVE"] = "1"
         config = {
             "LocalControllerLauncher": {"controller_cmd": _GUARDED_CONTROLLER_CMD},
-            **spec.config,
+            **{k: dict(v) for k, v in spec.config.items()},
         }
+        # engine arguments are a launcher trait (ipp.Cluster has none)
+        launcher_cfg = config.setdefault(spec.engine_launcher_class.__name__, {})
+        launcher_cfg["engine_args"] = [
+            f"--IPEngine.max_heartbeat_misses={ENGINE_HEARTBEAT_MISSES}",
+            *launcher_cfg.get("engine_args", []),
+            *spec.engine_args,
+        ]
         self._cluster = ipp.Cluster(
             n=self._target,
             cluster_id=self.cluster_id,
@@ -170,10 +177,6 @@ class KubeCluster:
                 *spec.controller_args,
             ],
             engine_launcher_class=spec.engine_launcher_class,
-            engine_args=[
-                f"--IPEngine.max_heartbeat_misses={ENGINE_HEARTBEAT_MISSES}",
-                *spec.engine_args,
-            ],
             shutdown_atexit=False,
             log_level=logging.ERROR,  # engine exit output goes to logs(), not stderr
             config=_as_config(config),
