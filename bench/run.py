@@ -27,6 +27,7 @@ process pool find them by reference).
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import gc
 import io
@@ -36,6 +37,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,6 +56,7 @@ MB = 1e6  # MB/s means 10**6 bytes per second
 # a clean IPython dir: ipp.Cluster's default profile must not pick up a user's config
 _IPYTHONDIR = tempfile.mkdtemp(prefix="kubemagic-bench-ipython-")
 os.environ["IPYTHONDIR"] = _IPYTHONDIR
+atexit.register(shutil.rmtree, _IPYTHONDIR, True)
 os.environ.pop("IPP_ENABLE_CURVE", None)
 
 
