@@ -192,8 +192,14 @@ def wait_future(fut: concurrent.futures.Future[T], timeout: float | None = None,
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float,
-               tick: Callable[[], None] | None = None, interval: float = 0.02) -> bool:
-    """Poll ``predicate`` until true or ``timeout``; widgets stay responsive meanwhile."""
+               tick: Callable[[], None] | None = None, interval: float = 0.02,
+               event: threading.Event | None = None) -> bool:
+    """Poll ``predicate`` until true or ``timeout``; widgets stay responsive meanwhile.
+
+    With ``event`` (set when the predicate becomes true) the wait between polls ends the
+    moment it is set, instead of at the next interval: a short map returns in
+    microseconds, not up to ``interval`` later.
+    """
     deadline = time.monotonic() + timeout
     with ui_pump() as pump:
         while not predicate():
@@ -202,5 +208,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float,
             pump()
             if tick is not None:
                 tick()
-            time.sleep(interval)
+            if event is not None:
+                event.wait(interval)
+            else:
+                time.sleep(interval)
     return True

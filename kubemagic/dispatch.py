@@ -80,7 +80,7 @@ class MapHandle:
         try:
             finished = wait_until(self._finished.is_set, timeout if timeout else 1e9,
                                   tick=display.update if display else None,
-                                  interval=0.02)
+                                  interval=0.02, event=self._finished)
         except KeyboardInterrupt:
             self.cancel()
             self._finished.wait(30)

@@ -39,8 +39,10 @@ log = logging.getLogger("kubemagic")
 #: heartbeat period (ms): ipyparallel's 3000 ms default makes registration wait up to
 #: two beats and makes a dead engine take ~33 s to notice; 100 ms keeps both sub-second
 HEARTBEAT_MS = 100
-#: beats an engine may miss before the controller declares it dead (~1 s)
-HEARTMONITOR_MISSES = 10
+#: beats an engine may miss before the controller declares it dead (~2 s: fast enough to
+#: requeue a lost engine's chunks, slow enough that a loaded 2-core machine does not
+#: declare a healthy engine dead and shrink the fleet)
+HEARTMONITOR_MISSES = 20
 #: beats of a vanished controller an engine tolerates before exiting (~6 s)
 ENGINE_HEARTBEAT_MISSES = 10
 
@@ -172,6 +174,9 @@ class KubeCluster:
             controller_location=spec.controller_location,
             controller_args=[
                 "--IPController.use_threads=True",
+                # no result store: kubemagic keeps results itself, and the default
+                # in-memory DB holds a copy of every push (~200 MB per 100 MB pushed)
+                "--IPController.db_class=NoDB",
                 f"--HeartMonitor.period={HEARTBEAT_MS}",
                 f"--HeartMonitor.max_heartmonitor_misses={HEARTMONITOR_MISSES}",
                 *spec.controller_args,
@@ -400,6 +405,13 @@ class KubeCluster:
             if not busy:
                 break
             await asyncio.sleep(0.01)
+        with self._lock:
+            leaving = [e.id for e in self.engines.values() if e.state == "draining"]
+        if leaving and self._client is not None and self.spec.shutdown_removed_engines:
+            # a clean shutdown unregisters at once; a terminated engine would linger in
+            # the controller (and in client.ids) until its heartbeats are missed
+            with contextlib.suppress(Exception):
+                self._client.shutdown(targets=leaving, block=False)
         await self.launcher.scale(n)
         with self._lock:
             for info in self.engines.values():

@@ -46,6 +46,10 @@ class BackendSpec:
     default_retries: int = 0
     #: seconds to wait for the requested engines before failing with diagnostics
     start_timeout: float = 60.0
+    #: ask removed engines to shut down (they unregister at once) before the launcher
+    #: removes them; off where the platform must see them die otherwise (an Indexed Job
+    #: treats a clean exit as a finished slot)
+    shutdown_removed_engines: bool = False
 
 
 @runtime_checkable
