@@ -413,6 +413,13 @@ class KubeCluster:
             with contextlib.suppress(Exception):
                 self._client.shutdown(targets=leaving, block=False)
         await self.launcher.scale(n)
+        # return once the controller has dropped them too, so that client[:] right after
+        # a scale-down does not address an engine that is on its way out
+        deadline = time.monotonic() + HEARTBEAT_MS * HEARTMONITOR_MISSES / 1000 + 5
+        while self._client is not None and time.monotonic() < deadline:
+            if not set(leaving) & set(self._client.ids):
+                break
+            await asyncio.sleep(0.02)
         with self._lock:
             for info in self.engines.values():
                 if info.state == "draining":

@@ -51,12 +51,11 @@ def local_backend(**options: Any) -> BackendSpec:
     return BackendSpec(
         name="local",
         engine_launcher_class=ScalableLocalEngineSetLauncher,
-        config={
-            "ScalableLocalEngineSetLauncher": {"environment": env},
-            # engines read the connection file themselves, so they import Python while
-            # the controller boots instead of after it (about 0.5 s of a cold start)
-            "Cluster": {"send_engines_connection_env": False},
-        },
+        # engines get the connection info in their environment once the controller has
+        # written it: letting them read the file themselves saves ~0.5 s of start-up but
+        # races with the controller's non-atomic write (an engine read a half-written
+        # file and died with a JSONDecodeError under load)
+        config={"ScalableLocalEngineSetLauncher": {"environment": env}},
         # the nanny is a second Python process per engine, for remote signalling that
         # kubemagic does not use; a dead engine is noticed by heartbeat instead
         engine_args=["--IPEngine.enable_nanny=False"],
