@@ -1,19 +1,27 @@
 """Chaos: kill engines at random during many maps; count items lost and duplicated.
 
     python -m tests.chaos.chaos --maps 10 --kills 12 [--backend local|kubernetes] [--json OUT]
+    python -m tests.chaos.chaos --backend kubernetes --maps 10 --kills 12 \
+        --image kubemagic-engine:dev --namespace NS --controller-address 10.88.0.1 \
+        [--kubeconfig FILE] [--process-kill-share 0.33]
 
 Each map squares 0..N-1 with a small sleep per item while a killer thread kills one random
 engine at random moments (local: SIGKILL of the engine process; Kubernetes: deletion of an
-engine pod, or SIGKILL of the engine process inside its container). A map's result must be
-exactly ``[i * i for i in range(N)]``: any missing or wrong index is *lost*, any index whose
-result appears twice is *duplicated*. On Kubernetes the Job replaces killed pods; on local
-engines the session scales back up after each kill so the fleet keeps its size.
+engine pod, or — every (1/``--process-kill-share``)-th kill — the engine process killed inside
+its running container, from the kernel side: a task sends ``os.kill(os.getpid(), SIGKILL)``
+and, if the process survives that (PID 1 of a container ignores SIGKILL from inside its
+PID namespace), crashes it with SIGSEGV). A map's result must be exactly
+``[i * i for i in range(N)]``: any missing or wrong index is *lost*, any index whose result
+appears twice is *duplicated*. On Kubernetes the Job replaces killed pods; on local engines
+the session scales back up after each kill so the fleet keeps its size. Kills a map ended
+too early for are carried over to the next map.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import signal
@@ -21,9 +29,12 @@ import threading
 import time
 from typing import Any, Callable
 
+import ipyparallel as ipp
+
 import kubemagic
 
 
+@ipp.interactive  # pickled by value: engine pods cannot import the tests package
 def square_slowly(x: int) -> tuple[int, int]:
     import time as _t
 
@@ -50,11 +61,10 @@ def kill_local(session: Any, rng: random.Random) -> str:
 
 
 def kill_pod(session: Any, rng: random.Random) -> str:
-    """Delete a random engine pod (the Job replaces it)."""
-    from kubernetes import client as k8s
-
+    """Delete a random engine pod (the Job replaces it), with the session's own API access
+    (the least-privilege Role allows deleting pods)."""
     launcher = session.launcher
-    core = k8s.CoreV1Api(launcher.api.client) if hasattr(launcher.api, "client") else k8s.CoreV1Api()
+    core = launcher.api.core
     pods = core.list_namespaced_pod(
         launcher.namespace, label_selector=f"app.kubernetes.io/instance={session.cluster_id}"
     ).items
@@ -66,27 +76,79 @@ def kill_pod(session: Any, rng: random.Random) -> str:
     return f"deleted pod {pod.metadata.name}"
 
 
+@ipp.interactive
+def _die() -> None:
+    """Runs on an engine: SIGKILL itself; if still alive, crash (SIGSEGV)."""
+    import ctypes
+    import os
+    import signal
+    import time
+
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.5)
+    # still here: the engine is PID 1 of its container, which ignores SIGKILL from inside
+    ctypes.string_at(0)
+
+
+def kill_engine_process(session: Any, rng: random.Random) -> str:
+    """Kill the engine process inside a random running container, from the kernel side
+    (no ``pods/exec`` needed): the container exits, the Job replaces the pod."""
+    ready = session.ready_ids()
+    if not ready:
+        return "no engine to kill"
+    eid = rng.choice(ready)
+    info = session.engines.get(eid)
+    try:
+        pid = session.client[eid].apply_async(os.getpid).get(timeout=10)
+    except Exception as e:  # noqa: BLE001 - it died meanwhile (another kill): count nothing
+        return f"no engine to kill (engine {eid}: {type(e).__name__})"
+    session.client[eid].apply_async(_die)
+    how = "SIGKILL" if pid != 1 else "SIGSEGV (PID 1 ignores SIGKILL from inside)"
+    slot = f"slot {info.index}, " if info is not None else ""
+    return f"{how} engine {eid} ({slot}pid {pid} in its container)"
+
+
+def kubernetes_killer(process_share: float) -> Callable[[Any, random.Random], str]:
+    """Pod deletions, with every (1/process_share)-th kill an engine process kill instead
+    (deterministic, so a short run is sure to include both kinds)."""
+    count = [0]
+
+    def kill(session: Any, rng: random.Random) -> str:
+        k = count[0]
+        count[0] += 1
+        if math.floor((k + 1) * process_share) > math.floor(k * process_share):
+            return kill_engine_process(session, rng)
+        return kill_pod(session, rng)
+
+    return kill
+
+
 def run(maps: int, kills: int, n_items: int, backend: str, seed: int,
-        options: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
+        options: dict[str, Any], log: Callable[[str], None] = print, *,
+        engines: int = 2, process_kill_share: float = 1 / 3) -> dict[str, Any]:
     rng = random.Random(seed)
-    session = kubemagic.KubeCluster(n=2, backend=backend, retries=10, **options).start()
-    killer = kill_local if backend == "local" else kill_pod
-    totals = {"maps": 0, "kills": 0, "items": 0, "lost": 0, "duplicated": 0,
-              "retried_chunks": 0, "seconds": 0.0}
+    session = kubemagic.KubeCluster(n=engines, backend=backend, retries=10, **options).start()
+    killer = kill_local if backend == "local" else kubernetes_killer(process_kill_share)
+    totals: dict[str, Any] = {"backend": session.backend, "maps": 0, "kills": 0, "items": 0,
+                              "lost": 0, "duplicated": 0, "retried_chunks": 0, "seconds": 0.0}
+    kinds: dict[str, int] = {}
     kills_per_map = [0] * maps
     for _ in range(kills):
         kills_per_map[rng.randrange(maps)] += 1
+    carried = 0
     try:
         for m in range(maps):
             handle = session.map_async(square_slowly, range(n_items))
-            done_kills = []
+            done_kills: list[str] = []
 
-            def kill_some(k: int = kills_per_map[m]) -> None:
+            def kill_some(k: int = kills_per_map[m] + carried) -> None:
                 for _ in range(k):
                     time.sleep(rng.uniform(0.2, 1.0))
                     if handle.done():
                         return
-                    done_kills.append(killer(session, rng))
+                    what = killer(session, rng)
+                    if not what.startswith("no "):
+                        done_kills.append(what)
 
             t = threading.Thread(target=kill_some)
             start = time.monotonic()
@@ -107,10 +169,16 @@ def run(maps: int, kills: int, n_items: int, backend: str, seed: int,
             totals["duplicated"] += dup
             totals["retried_chunks"] += handle.progress().retried_chunks
             totals["seconds"] += elapsed
+            carried = kills_per_map[m] + carried - len(done_kills)
+            for what in done_kills:
+                kind = what.split(" ", 1)[0]
+                kinds[kind] = kinds.get(kind, 0) + 1
             log(f"map {m + 1}/{maps}: {len(done_kills)} kill(s) {done_kills}, "
                 f"{lost} lost, {dup} duplicated, {elapsed:.1f} s")
     finally:
         session.stop()
+    totals["kill_kinds"] = kinds
+    totals["seconds"] = round(totals["seconds"], 1)
     return totals
 
 
@@ -124,11 +192,18 @@ def main() -> None:
     ap.add_argument("--image")
     ap.add_argument("--namespace")
     ap.add_argument("--controller-address")
+    ap.add_argument("--kubeconfig")
+    ap.add_argument("--engines", type=int, default=2)
+    ap.add_argument("--process-kill-share", type=float, default=1 / 3,
+                    help="kubernetes: share of kills that kill the engine process inside its "
+                    "container instead of deleting the pod")
     ap.add_argument("--json")
     a = ap.parse_args()
     options = {k: v for k, v in (("image", a.image), ("namespace", a.namespace),
-                                 ("controller_address", a.controller_address)) if v}
-    totals = run(a.maps, a.kills, a.items, a.backend, a.seed, options)
+                                 ("controller_address", a.controller_address),
+                                 ("kubeconfig", a.kubeconfig)) if v}
+    totals = run(a.maps, a.kills, a.items, a.backend, a.seed, options, engines=a.engines,
+                 process_kill_share=a.process_kill_share)
     print(json.dumps(totals, indent=2))
     if a.json:
         with open(a.json, "w") as f:
