@@ -12,9 +12,13 @@ its running container, from the kernel side: a task sends ``os.kill(os.getpid(),
 and, if the process survives that (PID 1 of a container ignores SIGKILL from inside its
 PID namespace), crashes it with SIGSEGV). A map's result must be exactly
 ``[i * i for i in range(N)]``: any missing or wrong index is *lost*, any index whose result
-appears twice is *duplicated*. On Kubernetes the Job replaces killed pods; on local engines
-the session scales back up after each kill so the fleet keeps its size. Kills a map ended
-too early for are carried over to the next map.
+appears twice is *duplicated*; a map that fails with an error instead (e.g. no engine for
+``start_timeout`` seconds) counts in ``failed_maps``, its message in ``errors``. On
+Kubernetes the Job replaces killed pods — after its per-index backoff, which doubles with
+each loss of a slot (10 s, 20 s, ... up to 6 min; ignored failures count too), so many
+kills on few slots eventually leave a map without engines for minutes. On local engines the
+session scales back up after each kill so the fleet keeps its size. Kills a map ended too
+early for are carried over to the next map.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any, Callable
 import ipyparallel as ipp
 
 import kubemagic
+from kubemagic.errors import KubemagicError
 
 
 @ipp.interactive  # pickled by value: engine pods cannot import the tests package
@@ -130,7 +135,8 @@ def run(maps: int, kills: int, n_items: int, backend: str, seed: int,
     session = kubemagic.KubeCluster(n=engines, backend=backend, retries=10, **options).start()
     killer = kill_local if backend == "local" else kubernetes_killer(process_kill_share)
     totals: dict[str, Any] = {"backend": session.backend, "maps": 0, "kills": 0, "items": 0,
-                              "lost": 0, "duplicated": 0, "retried_chunks": 0, "seconds": 0.0}
+                              "lost": 0, "duplicated": 0, "retried_chunks": 0, "seconds": 0.0,
+                              "failed_maps": 0, "errors": []}
     kinds: dict[str, int] = {}
     kills_per_map = [0] * maps
     for _ in range(kills):
@@ -153,26 +159,35 @@ def run(maps: int, kills: int, n_items: int, backend: str, seed: int,
             t = threading.Thread(target=kill_some)
             start = time.monotonic()
             t.start()
-            results = handle.result()
+            try:
+                results = handle.result()
+            except KubemagicError as e:  # the map failed, loudly: counted apart
+                results, error = None, e
             t.join()
             elapsed = time.monotonic() - start
-            seen: dict[int, int] = {}
-            for idx, sq in results:
-                seen[idx] = seen.get(idx, 0) + 1
-            lost = sum(1 for i in range(n_items) if seen.get(i, 0) == 0
-                       or results[i] != (i, i * i))
-            dup = sum(c - 1 for c in seen.values() if c > 1)
             totals["maps"] += 1
             totals["kills"] += len(done_kills)
             totals["items"] += n_items
-            totals["lost"] += lost
-            totals["duplicated"] += dup
             totals["retried_chunks"] += handle.progress().retried_chunks
             totals["seconds"] += elapsed
             carried = kills_per_map[m] + carried - len(done_kills)
             for what in done_kills:
                 kind = what.split(" ", 1)[0]
                 kinds[kind] = kinds.get(kind, 0) + 1
+            if results is None:
+                totals["failed_maps"] += 1
+                totals["errors"].append(f"map {m + 1}: {error.message}")
+                log(f"map {m + 1}/{maps}: {len(done_kills)} kill(s) {done_kills}, FAILED after "
+                    f"{elapsed:.1f} s: {error.message}")
+                continue
+            seen: dict[int, int] = {}
+            for idx, sq in results:
+                seen[idx] = seen.get(idx, 0) + 1
+            lost = sum(1 for i in range(n_items) if seen.get(i, 0) == 0
+                       or results[i] != (i, i * i))
+            dup = sum(c - 1 for c in seen.values() if c > 1)
+            totals["lost"] += lost
+            totals["duplicated"] += dup
             log(f"map {m + 1}/{maps}: {len(done_kills)} kill(s) {done_kills}, "
                 f"{lost} lost, {dup} duplicated, {elapsed:.1f} s")
     finally:
