@@ -94,6 +94,7 @@ class ShellPump:
         manager = kernel.shell_channel_thread.manager
         self.socket = manager.get_shell_channel_to_subshell_pair(None).to_socket
         self.again = zmq.Again
+        self.closed = zmq.ZMQError
         self.noblock = zmq.NOBLOCK
         self.deferred: list[Any] = []
 
@@ -103,6 +104,8 @@ class ShellPump:
             try:
                 frames = self.socket.recv_multipart(self.noblock, copy=False)
             except self.again:
+                return
+            except self.closed:  # the kernel is shutting down and closed its socket
                 return
             try:
                 idents, rest = session.feed_identities(frames, copy=False)
@@ -182,10 +185,11 @@ def wait_future(fut: concurrent.futures.Future[T], timeout: float | None = None,
             if left is not None and left <= 0:
                 raise TimeoutError(f"timed out after {timeout} s")
             step = interval if left is None else min(interval, left)
-            try:
-                return fut.result(timeout=step)
-            except concurrent.futures.TimeoutError:
-                pass
+            # wait() rather than result(timeout): a future that *failed* with a
+            # TimeoutError must raise, not look like "still running" until the deadline.
+            done, _ = concurrent.futures.wait([fut], timeout=step)
+            if done:
+                return fut.result()
             pump()
             if tick is not None:
                 tick()

@@ -50,7 +50,8 @@ def run_chunk(
         try:
             results.append(func(*a))
         except Exception as e:  # noqa: BLE001 - reported to the client, item by item
-            tb = traceback.format_exc()
+            # from the user's frame on: the run_chunk frame is kubemagic's, not theirs
+            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next))
             results.append(ItemFailure(type(e).__name__, str(e), tb))
             if first_failure < 0:
                 first_failure = offset

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import builtins
 import contextlib
+import inspect
 import logging
 import os
 import queue
@@ -99,6 +100,15 @@ class KubeCluster:
         self.retries = self.spec.default_retries if retries is None else _check_count(
             retries, "retries", minimum=0
         )
+        if start_timeout is not None and (
+            isinstance(start_timeout, bool)
+            or not isinstance(start_timeout, (int, float))
+            or not start_timeout > 0
+        ):
+            raise UsageError(
+                f"--start-timeout {start_timeout!r} must be a positive number of seconds",
+                fix="pass e.g. --start-timeout 120 (or leave it out for the backend default)",
+            )
         self.start_timeout = start_timeout or self.spec.start_timeout
         self.cluster_id = f"km-{uuid.uuid4().hex[:8]}"
         self.state = "created"  # created -> starting -> running -> stopped
@@ -116,6 +126,10 @@ class KubeCluster:
         self._loop = shared_loop()
         self._widget: Any = None
         _live_sessions.add(self)
+        # run our atexit hook before ipyparallel's and the kubernetes client's own (atexit is
+        # LIFO and they register at import time, possibly after kubemagic was imported)
+        atexit.unregister(_stop_all)
+        atexit.register(_stop_all)
 
     # -- lifecycle ----------------------------------------------------------------------
     def __enter__(self) -> "KubeCluster":
@@ -188,7 +202,18 @@ class KubeCluster:
         )
         await self._cluster.start_controller()
         await self._cluster.start_engines(self._target)
-        self._client = await self._cluster.connect_client()
+        # The client lives beside the controller: connect over loopback, not through the
+        # address advertised to pods (it may be wrong -- that must fail the engines with a
+        # diagnosis, not hang our own client).
+        info = self._cluster.controller.get_connection_info()
+        if inspect.isawaitable(info):
+            info = await info
+        self._client = ipp.Client(
+            dict(info["client"], location="127.0.0.1"),
+            cluster=self._cluster,
+            profile_dir=self._profile_dir,
+            cluster_id=self.cluster_id,
+        )
         self._client._registration_callbacks.append(self._on_registration)
         for eid in list(self._client.ids):
             self._events.put({"event": "register", "id": eid})

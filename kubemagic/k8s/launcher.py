@@ -371,7 +371,13 @@ class KubernetesEngineSetLauncher(EngineLauncher):
         self._stopping = True
         try:
             if self.job_name:
-                await asyncio.to_thread(self._delete_objects, wait=True)
+                try:
+                    await asyncio.to_thread(self._delete_objects, wait=True)
+                except RuntimeError as e:
+                    # interpreter shutdown (atexit): no new threads; delete inline instead
+                    if "cannot schedule new futures" not in str(e):
+                        raise
+                    self._delete_objects(wait=True)
         finally:
             if self._mirror is not None:
                 self._mirror.stop()

@@ -214,6 +214,10 @@ def engine_job(
         "automountServiceAccountToken": bool(service_account),
         # no env var per Service in the namespace (slow start, noisy environment)
         "enableServiceLinks": False,
+        # the pause process is PID 1: the engine is an ordinary process that can be killed
+        # (kubectl exec ... kill) and reaped like on a node, instead of a PID 1 that
+        # ignores default-action signals
+        "shareProcessNamespace": True,
         "securityContext": pod_security,
         "containers": [container],
     }

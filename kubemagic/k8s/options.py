@@ -25,6 +25,12 @@ DEFAULT_PORT_RANGE = "29100-29199"
 #: engines); a range must hold at least this many ports.
 MIN_CONTROLLER_PORTS = 20
 
+#: Variables the engine container needs set by kubemagic itself (manifests.py and the
+#: launcher): a user --env of the same name would silently break registration or slots.
+RESERVED_ENV = frozenset(
+    {"IPP_CONNECTION_INFO", "IPP_PROFILE_DIR", "KUBEMAGIC_ENGINE_INDEX", "KUBEMAGIC_POD_NAME"}
+)
+
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _PULL_POLICIES = {p.lower(): p for p in ("Always", "IfNotPresent", "Never")}
@@ -126,6 +132,11 @@ def parse_key_values(
             raise UsageError(
                 f"--env name {key!r} is not a valid environment variable name",
                 fix="use letters, digits and underscores, e.g. --env OMP_NUM_THREADS=1",
+            )
+        if env_names and key in RESERVED_ENV:
+            raise UsageError(
+                f"--env {key} is set by kubemagic for every engine and cannot be overridden",
+                fix=f"drop {key} from --env (reserved: {', '.join(sorted(RESERVED_ENV))})",
             )
         result[key] = str(val)
     return result

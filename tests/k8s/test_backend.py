@@ -22,7 +22,6 @@ from kubemagic.k8s.launcher import KubernetesEngineSetLauncher
 from kubemagic.k8s.permissions import check_permissions
 
 from .helpers import (
-    LoopThread,
     Tenant,
     kubectl_apply,
     leftovers,
@@ -32,13 +31,6 @@ from .helpers import (
 )
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def loop():
-    thread = LoopThread()
-    yield thread
-    thread.close()
 
 
 @ipp.interactive  # pickled by value: engines cannot import the tests package

@@ -22,7 +22,6 @@ from kubemagic.k8s.launcher import KubernetesEngineSetLauncher
 from .helpers import (
     ENGINE_HEARTBEAT_MISSES,
     HEARTBEAT_MS,
-    LoopThread,
     admin,
     engine_set,
     leftovers,
@@ -34,13 +33,6 @@ from .helpers import (
 )
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def loop():
-    thread = LoopThread()
-    yield thread
-    thread.close()
 
 
 @pytest.fixture

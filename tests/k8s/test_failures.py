@@ -12,16 +12,9 @@ import pytest
 
 from kubemagic.k8s import manifests as m
 
-from .helpers import LoopThread, admin, engine_set, leftovers, make_tenant, new_cluster, wait_until
+from .helpers import admin, engine_set, leftovers, make_tenant, new_cluster, wait_until
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def loop():
-    thread = LoopThread()
-    yield thread
-    thread.close()
 
 
 def _wait_for_reason(launcher, reasons, timeout=90):

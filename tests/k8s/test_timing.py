@@ -14,16 +14,9 @@ import time
 
 import pytest
 
-from .helpers import LoopThread, engine_set, make_tenant, new_cluster
+from .helpers import engine_set, make_tenant, new_cluster
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def loop():
-    thread = LoopThread()
-    yield thread
-    thread.close()
 
 
 @pytest.mark.parametrize("n", [2, 8])

@@ -46,6 +46,8 @@ def test_failing_item_raises_one_error_naming_the_item(kernel):
     assert err["ename"] == "RemoteItemError"
     assert "item 17 (17) raised ValueError: bad 17" in err["evalue"]
     assert "remote traceback" in err["evalue"] and "how to fix" in err["evalue"]
+    # the remote traceback starts at the user's function, not in kubemagic's chunk runner
+    assert "in boom" in err["evalue"] and "remote.py" not in err["evalue"]
     # one clear message, no traceback into kubemagic's internals
     assert not any("dispatch.py" in line for line in err["traceback"])
 

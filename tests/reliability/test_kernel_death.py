@@ -128,32 +128,33 @@ def test_sigkill_during_a_map_leaves_nothing(k8s_cluster, tenant):
     assert took["pods"] <= SIGKILL_LIMIT_S
 
 
+def _end_during_a_map(k8s_cluster, tenant, kernel: KubeKernel, cluster_id: str,
+                      end: Any, what: str) -> None:
+    """Start a long map, call ``end()`` (a shutdown or restart), then watch the cluster."""
+    kernel.submit(MAP_CELL)
+    kernel.poll_iopub(2.0)  # the map is running
+    t0 = time.monotonic()
+    end()
+    returned = time.monotonic() - t0
+    took = _watch(k8s_cluster, tenant.namespace, cluster_id, AFTER_SHUTDOWN_LIMIT_S)
+    print(f"\nkernel {what} returned after {returned:.1f} s; then everything gone after "
+          f"{took['all']:.1f} s")
+
+
 def test_shutdown_during_a_map_leaves_nothing(k8s_cluster, tenant):
     kernel, cluster_id = _started_kernel(k8s_cluster, tenant)
     try:
-        kernel.submit(MAP_CELL)
-        kernel.poll_iopub(2.0)
-        t0 = time.monotonic()
-        kernel.km.shutdown_kernel(now=False)
-        shutdown = time.monotonic() - t0
-        took = _watch(k8s_cluster, tenant.namespace, cluster_id, AFTER_SHUTDOWN_LIMIT_S)
+        _end_during_a_map(k8s_cluster, tenant, kernel, cluster_id,
+                          lambda: kernel.km.shutdown_kernel(now=False), "shutdown")
     finally:
         kernel.kill_hard()
-    print(f"\nkernel shutdown returned after {shutdown:.1f} s; then everything gone after "
-          f"{took['all']:.1f} s")
 
 
 def test_restart_leaves_nothing_and_the_new_kernel_starts_afresh(k8s_cluster, tenant):
     kernel, cluster_id = _started_kernel(k8s_cluster, tenant)
     try:
-        kernel.submit(MAP_CELL)
-        kernel.poll_iopub(2.0)
-        t0 = time.monotonic()
-        kernel.km.restart_kernel(now=False)
-        restart = time.monotonic() - t0
-        took = _watch(k8s_cluster, tenant.namespace, cluster_id, AFTER_SHUTDOWN_LIMIT_S)
-        print(f"\nkernel restart returned after {restart:.1f} s; then everything gone after "
-              f"{took['all']:.1f} s")
+        _end_during_a_map(k8s_cluster, tenant, kernel, cluster_id,
+                          lambda: kernel.km.restart_kernel(now=False), "restart")
         kernel.kc.wait_for_ready(timeout=60)
         out = kernel.run(session_cell(k8s_cluster, tenant)
                          + "print(s.cluster_id, s.map(abs, [-1, -2], progress=False))",

@@ -42,6 +42,7 @@ from ._support import (
     new_session,
     processes_of,
     secret_values,
+    wait_for,
 )
 from tests.k8s.helpers import raw
 
@@ -115,8 +116,15 @@ def test_keys_are_only_in_the_secret(k8s_cluster, secured):
     places: dict[str, str] = {}
     for job in batch.list_namespaced_job(ns).items:
         places[f"Job {job.metadata.name}"] = raw(job, k8s_cluster)
-    pods = engine_pods(k8s_cluster, ns, s.cluster_id)
-    assert len(pods) == 2
+    # An engine can register before its kubelet reports the container as running (under
+    # load that report lagged 17 s here), and the API serves no log until then.
+    def started() -> list[Any]:
+        pods = engine_pods(k8s_cluster, ns, s.cluster_id)
+        running = [p for p in pods
+                   if any(c.state.running for c in p.status.container_statuses or [])]
+        return pods if len(pods) == len(running) == 2 else []
+
+    pods = wait_for(started, 60, "both engine containers reported running")
     for pod in pods:
         name = pod.metadata.name
         places[f"pod {name}"] = raw(pod, k8s_cluster)
