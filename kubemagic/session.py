@@ -221,16 +221,23 @@ class KubeCluster:
     def _wait_for_engines(self, n: int) -> None:
         """Block (pumping UI events) until ``n`` engines are ready, or fail with a diagnosis."""
 
-        def enough() -> bool:
-            self.process_events()
-            return len(self.ready_ids()) >= n
+        t0 = time.monotonic()
 
-        if wait_until(enough, self.start_timeout, tick=lambda: self._notify("engines")):
+        def settled() -> bool:
+            self.process_events()
+            return len(self.ready_ids()) >= n or self._engines_stopped()
+
+        wait_until(settled, self.start_timeout, tick=lambda: self._notify("engines"))
+        if len(self.ready_ids()) >= n:
             return
+        # a failed Job (e.g. engines that cannot reach the controller) fails at once,
+        # instead of after the whole start_timeout
+        when = (f"the engines stopped after {time.monotonic() - t0:.0f} s"
+                if self._engines_stopped() else f"within {self.start_timeout:.0f} s")
         diagnosis = self._loop.run(self.launcher.diagnose(), timeout=30)
         raise StartupError(
-            f"only {len(self.ready_ids())} of {n} engines connected within "
-            f"{self.start_timeout:.0f} s ({self.backend} backend, controller at "
+            f"only {len(self.ready_ids())} of {n} engines connected: {when} "
+            f"({self.backend} backend, controller at "
             f"{self.spec.controller_location}).\n{diagnosis}",
             fix="fix the cause quoted above, or raise --start-timeout if the "
             "engines are only slow to start",
@@ -270,6 +277,14 @@ class KubeCluster:
         if self._cluster is None or not self._cluster.engines:
             raise SessionError("the session is not running", fix="call start() first")
         return next(iter(self._cluster.engines.values()))
+
+    def _engines_stopped(self) -> bool:
+        """The backend gave up on the whole engine set (Job failed or deleted, every local
+        engine exited): waiting longer cannot bring engines."""
+        try:
+            return self.launcher.state == "after"
+        except SessionError:
+            return True
 
     @property
     def client(self) -> ipp.Client:
