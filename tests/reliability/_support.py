@@ -24,7 +24,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from jupyter_client.manager import start_new_kernel
 from kubernetes import client
 
@@ -48,10 +47,20 @@ _SESSION_ENV = ("IPP_ENABLE_CURVE", "KUBEMAGIC_PARENT_PID", "KUBEMAGIC_CONTROLLE
 
 @contextlib.contextmanager
 def clean_process_env() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        for name in _SESSION_ENV:
-            mp.delenv(name, raising=False)
+    """Run without the session variables, and leave them exactly as found afterwards.
+
+    (``MonkeyPatch.delenv`` records nothing for a variable that is absent, so a session
+    setting it inside the block would leak it to later tests: restore by hand.)
+    """
+    saved = {name: os.environ.pop(name, None) for name in _SESSION_ENV}
+    try:
         yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def session_options(k8s_cluster: Any, tenant: Tenant, **extra: Any) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from ._support import (
     kernel_env,
     leftovers,
     make_tenant,
+    pod_index,
     secret_values,
     seconds_until,
 )
@@ -135,6 +136,30 @@ def test_interrupt_cancels_pending_tasks_and_keeps_the_pods(k8s_cluster, world):
     out = k.run("print(s.map(slow, range(20), progress=False))")
     assert out.strip() == str([x * x for x in range(20)])
     assert time.monotonic() - t0 < 10, "the engines' queues must be empty after the interrupt"
+
+
+# -- scaling from the kernel while a map runs ------------------------------------------------
+def test_scale_up_then_down_during_a_map_in_the_kernel(k8s_cluster, world):
+    """Issue 4 through the line magic in a real kernel: ``%kubemap scale 3`` mid-session,
+    then ``%kubemap scale 2`` while a map runs on all three pods — every item once, in
+    order, none retried (the leaving slot drains), and slot 2's pod is deleted."""
+    world.ensure(session=True)
+    k = world.kernel
+    k.run("%kubemap scale 3", timeout=180)
+    assert k.run("print(len(s.ready_ids()))").strip() == "3"
+    k.run("h = s.map_async(slow, range(300))")
+    k.run("while not any(e.index == 2 and e.inflight for e in s.live_engines()):\n"
+          "    time.sleep(0.01)")
+    k.run("%kubemap scale 2", timeout=180)
+    out = k.run("r = h.result(timeout=300)\np = h.progress()\n"
+                "print(r == [x * x for x in range(300)], p.retried_chunks, "
+                "sorted(e.index for e in s.live_engines()))", timeout=320)
+    assert out.strip().split(maxsplit=2) == ["True", "0", "[0, 1]"], out
+    cluster_id = k.run("print(s.cluster_id)").strip()
+    gone = seconds_until(lambda: sorted(pod_index(p) for p in engine_pods(
+        k8s_cluster, world.namespace, cluster_id)) == [0, 1], 60)
+    assert gone is not None, [p.metadata.name for p in engine_pods(
+        k8s_cluster, world.namespace, cluster_id)]
 
 
 # -- widget state and user-visible output hold no key ---------------------------------------
