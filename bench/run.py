@@ -371,8 +371,15 @@ class Dask(System):
         self._scattered = self.client.scatter(array, broadcast=True)
 
     def verify_push(self, array):
-        who = self.client.who_has([self._scattered])
-        holders = next(iter(who.values()))
+        # the scheduler learns of each replica when that worker reports it: under load one
+        # report can arrive after scatter() returned, so allow it a moment
+        deadline = time.monotonic() + 10
+        while True:
+            who = self.client.who_has([self._scattered])
+            holders = next(iter(who.values()))
+            if len(holders) == ENGINES or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert len(holders) == ENGINES, who
 
 

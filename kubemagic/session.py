@@ -166,11 +166,16 @@ class KubeCluster:
     async def _start_controller(self) -> None:
         spec = self.spec
         self._profile_dir = tempfile.mkdtemp(prefix=f"kubemagic-{self.cluster_id}-")
-        os.environ[PARENT_PID_ENV] = str(os.getpid())
+        # the controller's own environment only: setting these in the kernel's would leak
+        # into every later session and plain ipyparallel cluster of this kernel
+        controller_env = {PARENT_PID_ENV: str(os.getpid())}
         if spec.curve:
-            os.environ["IPP_ENABLE_CURVE"] = "1"
+            controller_env["IPP_ENABLE_CURVE"] = "1"
         config = {
-            "LocalControllerLauncher": {"controller_cmd": _GUARDED_CONTROLLER_CMD},
+            "LocalControllerLauncher": {
+                "controller_cmd": _GUARDED_CONTROLLER_CMD,
+                "environment": controller_env,
+            },
             **{k: dict(v) for k, v in spec.config.items()},
         }
         # engine arguments are a launcher trait (ipp.Cluster has none)

@@ -103,6 +103,8 @@ def _widget_states(widget: Any) -> list[dict]:
 
 def test_curve_is_on_by_default(secured):
     assert secured.info.get("curve_serverkey"), "CurveZMQ must be on by default"
+    # switched on for the controller alone, not for whatever else the kernel starts later
+    assert "IPP_ENABLE_CURVE" not in os.environ
     # ipyparallel turns message signing off under CurveZMQ ("redundant"): the server key,
     # known only from the Secret, is then what keeps other clients out (next test)
     print(f"\nHMAC key under CurveZMQ: {secured.info.get('key')!r}")
