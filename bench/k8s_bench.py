@@ -216,7 +216,7 @@ class PlainIppK8s:
         import ipyparallel as ipp
         from traitlets.config import Config
 
-        from kubemagic.k8s.backend import free_port_window
+        from kubemagic.k8s.ports import free_port_window
 
         self.cl, self.n = cl, n
         self.t_created = time.monotonic()

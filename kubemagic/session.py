@@ -94,12 +94,6 @@ class KubeCluster:
         **options: Any,
     ) -> None:
         self._target = _check_count(n, "n")
-        self.spec: BackendSpec = make_backend_spec(backend, **options)
-        self.backend = self.spec.name
-        self.options = options
-        self.retries = self.spec.default_retries if retries is None else _check_count(
-            retries, "retries", minimum=0
-        )
         if start_timeout is not None and (
             isinstance(start_timeout, bool)
             or not isinstance(start_timeout, (int, float))
@@ -109,6 +103,13 @@ class KubeCluster:
                 f"--start-timeout {start_timeout!r} must be a positive number of seconds",
                 fix="pass e.g. --start-timeout 120 (or leave it out for the backend default)",
             )
+        if retries is not None:
+            _check_count(retries, "retries", minimum=0)
+        # last of the checks: a Kubernetes spec claims controller ports (see k8s/ports.py)
+        self.spec: BackendSpec = make_backend_spec(backend, **options)
+        self.backend = self.spec.name
+        self.options = options
+        self.retries = self.spec.default_retries if retries is None else retries
         self.start_timeout = start_timeout or self.spec.start_timeout
         self.cluster_id = f"km-{uuid.uuid4().hex[:8]}"
         self.state = "created"  # created -> starting -> running -> stopped
@@ -206,6 +207,7 @@ class KubeCluster:
             config=_as_config(config),
         )
         await self._cluster.start_controller()
+        self.spec.release_ports()  # bound now: other kernels' probes see them taken
         await self._cluster.start_engines(self._target)
         # The client lives beside the controller: connect over loopback, not through the
         # address advertised to pods (it may be wrong -- that must fail the engines with a
@@ -259,6 +261,7 @@ class KubeCluster:
         self._notify("state")
 
     def _teardown(self) -> None:
+        self.spec.release_ports()
         client, cluster = self._client, self._cluster
         self._client = self._cluster = None
         if client is not None:

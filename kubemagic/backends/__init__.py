@@ -14,7 +14,7 @@ the session free of backend ``if``s.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 #: Environment variable every engine process carries with its stable slot index
 #: (0..n-1). Local engines get it from the launcher, Kubernetes engines from the Job's
@@ -50,6 +50,9 @@ class BackendSpec:
     #: removes them; off where the platform must see them die otherwise (an Indexed Job
     #: treats a clean exit as a finished slot)
     shutdown_removed_engines: bool = False
+    #: frees what keeps other kernels off this spec's controller ports; called (it is
+    #: idempotent) once the controller has bound them, and when the session ends
+    release_ports: Callable[[], None] = field(default=lambda: None)
 
 
 @runtime_checkable

@@ -10,8 +10,6 @@ becomes one error naming the problem and its fix, before the controller starts.
 from __future__ import annotations
 
 import os
-import random
-import socket
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -22,8 +20,9 @@ from ..errors import PermissionDenied, UsageError
 from . import incluster
 from .client import Api, api_call, connect, namespace_missing, namespaced
 from .launcher import KubernetesEngineSetLauncher
-from .options import MIN_CONTROLLER_PORTS, KubernetesOptions, parse_options
+from .options import KubernetesOptions, parse_options
 from .permissions import check_permissions
+from .ports import claim_port_window
 
 #: Retries of a chunk whose engine died: pods get evicted and preempted.
 DEFAULT_RETRIES = 2
@@ -45,7 +44,6 @@ def kubernetes_backend(**options: Any) -> BackendSpec:
     check_namespace(api, namespace)
     check_permissions(api, namespace)
     address = resolve_controller_address(opts)
-    ports = free_port_window(*opts.port_range)
     launcher_config = _launcher_config(opts, namespace)
     launcher = KubernetesEngineSetLauncher(
         config=Config({"KubernetesEngineSetLauncher": launcher_config}), job_name="kubemagic-check"
@@ -53,6 +51,8 @@ def kubernetes_backend(**options: Any) -> BackendSpec:
     launcher.api = api
     launcher_config["image"] = launcher.resolve_image(launcher.options())
     check_job_schema(launcher, launcher_config["image"])
+    claim = claim_port_window(*opts.port_range)  # last: nothing after it can fail
+    ports = claim.ports
     return BackendSpec(
         name="kubernetes",
         engine_launcher_class=KubernetesEngineSetLauncher,
@@ -64,6 +64,7 @@ def kubernetes_backend(**options: Any) -> BackendSpec:
         curve=opts.curve,
         default_retries=DEFAULT_RETRIES,
         start_timeout=opts.start_timeout,
+        release_ports=claim.release,
     )
 
 
@@ -104,37 +105,6 @@ def resolve_controller_address(opts: KubernetesOptions) -> str:
             fix="pass --controller-address with this machine's address as pods see it",
         )
     return address
-
-
-def free_port_window(low: int, high: int, size: int = MIN_CONTROLLER_PORTS) -> list[int]:
-    """A random window of ``size`` consecutive free ports within ``low..high``.
-
-    Several kernels can share a host or a pod (two notebooks on one server), each with its
-    own controller: a random free window keeps them apart while every port stays inside
-    the range a NetworkPolicy allows.
-    """
-    starts = list(range(low, high - size + 2, size))
-    random.shuffle(starts)
-    for start in starts:
-        window = list(range(start, start + size))
-        if all(_port_free(p) for p in window):
-            return window
-    raise UsageError(
-        f"no {size} free consecutive ports left in --port-range {low}-{high} "
-        "(other kernels' controllers use them)",
-        fix="stop unused kernels, or pass a wider --port-range (and widen the NetworkPolicy)",
-    )
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # zmq listens with SO_REUSEADDR: ports in TIME_WAIT are free for it too
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 def _launcher_config(opts: KubernetesOptions, namespace: str) -> dict[str, Any]:

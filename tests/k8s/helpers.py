@@ -22,7 +22,7 @@ import ipyparallel as ipp
 from kubernetes import client
 from traitlets.config import Config
 
-from kubemagic.k8s.backend import free_port_window
+from kubemagic.k8s.ports import free_port_window
 from kubemagic.k8s.options import DEFAULT_PORT_RANGE, parse_port_range
 from kubemagic.k8s.rbac import render_rbac
 

@@ -15,7 +15,7 @@ import ipyparallel as ipp
 import psutil
 import pytest
 
-from kubemagic.k8s.backend import free_port_window
+from kubemagic.k8s.ports import free_port_window
 from kubemagic.k8s.options import DEFAULT_PORT_RANGE, parse_port_range
 
 from .helpers import leftovers, make_tenant, wait_until
