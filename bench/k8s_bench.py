@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import statistics
 import sys
 import tempfile
 import threading
