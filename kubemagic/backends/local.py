@@ -51,11 +51,13 @@ def local_backend(**options: Any) -> BackendSpec:
     return BackendSpec(
         name="local",
         engine_launcher_class=ScalableLocalEngineSetLauncher,
-        # engines get the connection info in their environment once the controller has
-        # written it: letting them read the file themselves saves ~0.5 s of start-up but
-        # races with the controller's non-atomic write (an engine read a half-written
-        # file and died with a JSONDecodeError under load)
-        config={"ScalableLocalEngineSetLauncher": {"environment": env}},
+        config={
+            "ScalableLocalEngineSetLauncher": {"environment": env},
+            # engines start at once and read the connection file themselves, so their
+            # imports overlap the controller's boot; kubemagic._guard makes them wait
+            # until the controller has written the whole file
+            "Cluster": {"send_engines_connection_env": False},
+        },
         # the nanny is a second Python process per engine, for remote signalling that
         # kubemagic does not use; a dead engine is noticed by heartbeat instead
         engine_args=["--IPEngine.enable_nanny=False"],
