@@ -11,8 +11,9 @@ import pytest
 from kubemagic.errors import UsageError
 from kubemagic.k8s.ports import claim_port_window, free_port_window
 
-#: two windows of 20 ports, far from the default range and the ephemeral range
-LOW, HIGH = 47300, 47339
+#: two windows of 20 ports, apart from the default range (29100-29199) and below Linux's
+#: ephemeral range (32768-60999), where outgoing connections would occupy ports at random
+LOW, HIGH = 28700, 28739
 
 
 def test_claimed_windows_are_distinct_until_released():
