@@ -56,9 +56,9 @@ class KubernetesEngine(IPEngine):
     )
 
     # The nanny is a second Python process per engine (~0.4 s of CPU and of wall time before
-    # registration). In a container it cannot do its main job — reporting the engine's
-    # death — because the engine is PID 1 and its death kills the nanny with it; heartbeats
-    # report it instead. It remains available for Client.send_signal: --IPEngine.enable_nanny.
+    # registration). Its main job, reporting the engine's death, is done here by the
+    # controller's heartbeats and by the Job, which sees the container exit. It remains
+    # available for Client.send_signal: --IPEngine.enable_nanny.
     enable_nanny = Bool(
         False,
         config=True,

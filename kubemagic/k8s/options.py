@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UsageError
+from .manifests import INDEX_ENV, POD_NAME_ENV, SECRET_KEY
 from .quantities import cpu_quantity, gpu_count, memory_quantity
 
 #: Controller ports bound on all interfaces, so a NetworkPolicy can allow exactly these.
@@ -25,11 +26,10 @@ DEFAULT_PORT_RANGE = "29100-29199"
 #: engines); a range must hold at least this many ports.
 MIN_CONTROLLER_PORTS = 20
 
-#: Variables the engine container needs set by kubemagic itself (manifests.py and the
-#: launcher): a user --env of the same name would silently break registration or slots.
-RESERVED_ENV = frozenset(
-    {"IPP_CONNECTION_INFO", "IPP_PROFILE_DIR", "KUBEMAGIC_ENGINE_INDEX", "KUBEMAGIC_POD_NAME"}
-)
+#: Variables the engine container gets from kubemagic itself (manifests.py sets the first
+#: three; the launcher drops IPP_PROFILE_DIR, a path on the kernel's machine): a user --env
+#: of the same name would silently break registration or slots.
+RESERVED_ENV = frozenset({SECRET_KEY, INDEX_ENV, POD_NAME_ENV, "IPP_PROFILE_DIR"})
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
