@@ -6,17 +6,19 @@ every cluster coroutine on one thread that lives as long as the kernel makes tha
 mean "the kernel died" and nothing else.
 
 Why polite waiting: while a ``%%kubemap`` cell blocks, the kernel does not read widget
-messages (Scale, Stop). :func:`wait` pumps them between short waits, via jupyter-ui-poll.
+messages (Scale, Stop). :func:`wait_future` and :func:`wait_until` pump them between short
+waits through :mod:`kubemagic._kernel`, the one module that knows ipykernel's internals.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import threading
 import time
-from typing import Any, Awaitable, Callable, Iterator, TypeVar
+from typing import Awaitable, Callable, TypeVar
+
+from ._kernel import ui_pump
 
 T = TypeVar("T")
 
@@ -59,120 +61,6 @@ def shared_loop() -> LoopThread:
         if _shared is None:
             _shared = LoopThread()
         return _shared
-
-
-def in_kernel() -> bool:
-    """True inside an IPython kernel (a frontend can render widgets and send messages)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
-
-
-_pumping = threading.local()
-
-
-class ShellPump:
-    """Handle widget (comm) messages while the kernel's main thread is busy in a cell.
-
-    ipykernel 7 hands shell messages to the main thread through an inproc socket read
-    by the main asyncio loop — which a blocking cell stalls. This pump reads that socket
-    itself between waits: comm messages (widget clicks and edits) are handled at once,
-    anything else (the next cells' execute requests, completions) is kept in order and
-    handed back to the kernel's loop when the wait ends, where it runs after this cell.
-    (jupyter-ui-poll 1.1 calls ``kernel.do_one_iteration``, which ipykernel 7 removed.)
-    """
-
-    COMM_TYPES = frozenset({"comm_open", "comm_msg", "comm_close"})
-
-    def __init__(self, kernel: Any) -> None:
-        import zmq
-
-        self.kernel = kernel
-        manager = kernel.shell_channel_thread.manager
-        self.socket = manager.get_shell_channel_to_subshell_pair(None).to_socket
-        self.again = zmq.Again
-        self.closed = zmq.ZMQError
-        self.noblock = zmq.NOBLOCK
-        self.deferred: list[Any] = []
-
-    def __call__(self) -> None:
-        session = self.kernel.session
-        while True:
-            try:
-                frames = self.socket.recv_multipart(self.noblock, copy=False)
-            except self.again:
-                return
-            except self.closed:  # the kernel is shutting down and closed its socket
-                return
-            try:
-                idents, rest = session.feed_identities(frames, copy=False)
-                msg = session.deserialize(rest, content=True, copy=False)
-            except Exception:
-                self.deferred.append(frames)  # let the kernel report it as usual
-                continue
-            if msg["header"]["msg_type"] in self.COMM_TYPES:
-                self._handle_comm(idents, msg)
-            else:
-                self.deferred.append(frames)
-
-    def _handle_comm(self, idents: list[Any], msg: dict[str, Any]) -> None:
-        kernel = self.kernel
-        handler = kernel.shell_handlers.get(msg["header"]["msg_type"])
-        if handler is None:
-            return
-        parent = kernel.get_parent("shell")
-        try:
-            kernel.set_parent(idents, msg, channel="shell")
-            handler(kernel.shell_stream, idents, msg)
-        except Exception:  # a failing widget callback must not break the running map
-            kernel.log.exception("kubemagic: widget message handler failed")
-        finally:
-            kernel.set_parent(None, parent, channel="shell")
-
-    def close(self) -> None:
-        """Give deferred messages back to the kernel, in order, to run after this cell."""
-        for frames in self.deferred:
-            self.kernel.io_loop.add_callback(self.kernel.shell_main, None, frames)
-        self.deferred = []
-
-
-def _kernel() -> Any:
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    return getattr(shell, "kernel", None)
-
-
-@contextlib.contextmanager
-def ui_pump() -> Iterator[Callable[[], None]]:
-    """Yield a function that processes pending widget messages (no-op outside a kernel).
-
-    Only on the kernel's main thread, and only when the kernel is busy in a cell: that is
-    when widget messages would otherwise wait until the cell ends.
-    """
-    kernel = _kernel() if in_kernel() else None
-    if (kernel is None or getattr(_pumping, "active", False)
-            or threading.current_thread() is not threading.main_thread()):
-        yield lambda: None  # nested (a widget callback waiting) or not in a kernel
-        return
-    _pumping.active = True
-    try:
-        if getattr(kernel, "shell_channel_thread", None) is not None:  # ipykernel >= 7
-            pump = ShellPump(kernel)
-            try:
-                yield pump
-            finally:
-                pump.close()
-        else:  # ipykernel 6: jupyter-ui-poll re-enters the kernel's message loop
-            from jupyter_ui_poll import ui_events
-
-            with ui_events() as poll:
-                yield lambda: poll(20)
-    finally:
-        _pumping.active = False
 
 
 def wait_future(fut: concurrent.futures.Future[T], timeout: float | None = None,

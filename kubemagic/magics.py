@@ -27,7 +27,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from . import session as session_mod
-from ._loop import in_kernel
+from ._kernel import in_kernel
 from .errors import SessionError, UsageError, as_flags
 
 #: options that describe the fleet; if given, they must match the running session

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ._loop import in_kernel
+from ._kernel import in_kernel
 from .mapping import Progress
 
 if TYPE_CHECKING:

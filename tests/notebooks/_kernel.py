@@ -21,9 +21,12 @@ def ensure_kernelspec() -> None:
 class Kernel:
     """Start a kernel; run cells; collect iopub messages per cell."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_path: str | None = None) -> None:
+        """``log_path``: the kernel's own stdout/stderr (its log) go to this file."""
         ensure_kernelspec()
-        self.km, self.kc = start_new_kernel(kernel_name="python3")
+        self.log_file = open(log_path, "w") if log_path else None  # noqa: SIM115
+        extra = {"stdout": self.log_file, "stderr": self.log_file} if self.log_file else {}
+        self.km, self.kc = start_new_kernel(kernel_name="python3", **extra)
         self.comms: dict[str, dict[str, Any]] = {}  # comm_id -> widget state
 
     def pid(self) -> int:
@@ -108,3 +111,5 @@ class Kernel:
         finally:
             if self.km.is_alive():
                 self.km.shutdown_kernel(now=False)
+            if self.log_file is not None:
+                self.log_file.close()
