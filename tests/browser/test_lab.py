@@ -91,7 +91,7 @@ def lab(browser_deps, tmp_path):
                         pytrace=False)
         time.sleep(0.3)
     try:
-        yield {"url": url, "token": token, "log": tmp_path / "lab.log"}
+        yield {"url": url, "token": token, "log": tmp_path / "lab.log", "root": root}
     finally:
         proc.send_signal(signal.SIGINT)  # the server shuts its kernels down (engines die too)
         try:
@@ -144,6 +144,61 @@ def test_widget_in_jupyterlab(lab, tmp_path):
         finally:
             ctx.close()
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+RUN_ALL_CELLS = [
+    "%load_ext kubemagic",
+    "%%kubemap slow range(24) -n 2 --backend local --out first\n"
+    "import time\ndef slow(x):\n    time.sleep(0.1)\n    return x * x",
+    "print('between', sum(first))",
+    "total = len(first)",
+    "%%kubemap slow range(12) --out second\n# the same function, on the same engines",
+    "print('after', total + len(second))",
+    "print('last cell')",
+]
+
+
+def test_run_all_with_two_kubemap_cells(lab, tmp_path):
+    """Run → Run All Cells queues every cell at once; each one runs, in order, once."""
+    import re
+
+    import nbformat
+    from playwright.sync_api import expect, sync_playwright
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in RUN_ALL_CELLS]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                 "language": "python"}
+    nbformat.write(nb, lab["root"] / "run_all.ipynb")
+    expect.set_options(timeout=120_000)
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1280, "height": 900})
+        try:
+            page = ctx.pages[0] if ctx.pages else ctx.new_page()
+            page.goto(f"{lab['url']}/lab/tree/run_all.ipynb?token={lab['token']}")
+            cells = page.locator(".jp-Notebook .jp-CodeCell")
+            expect(cells).to_have_count(len(RUN_ALL_CELLS))
+            expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+                   .or_(page.get_by_text("Python 3 (ipykernel) | Idle")).first).to_be_attached()
+            page.locator(".lm-MenuBar-itemLabel").get_by_text("Run", exact=True).click()
+            page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
+            prompts = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt")
+            for i in range(len(RUN_ALL_CELLS)):
+                expect(prompts.nth(i)).to_have_text(f"[{i + 1}]:")
+            outputs = page.locator(".jp-Notebook .jp-CodeCell")
+            expect(outputs.nth(2).locator(".jp-OutputArea-output")).to_contain_text(
+                f"between {sum(x * x for x in range(24))}")
+            expect(outputs.nth(5).locator(".jp-OutputArea-output")).to_contain_text("after 36")
+            expect(outputs.nth(6).locator(".jp-OutputArea-output")).to_have_text("last cell")
+            assert "Invalid Message" not in lab["log"].read_text()
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"))
+            print("JupyterLab log:\n" + lab["log"].read_text()[-5000:])
+            raise
+        finally:
+            ctx.close()
 
 
 def _full_width():
