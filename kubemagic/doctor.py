@@ -380,14 +380,49 @@ def check_pod(api: Api, namespace: str, image: str, address: str,
     else:
         errors = "; ".join(f"{p}: {result.get('ports', {}).get(str(p), 'no report')}" for p in failed)
         loopback = _is_loopback(address)
-        net = Check(net_name, FAIL, f"test pod could not connect to {errors}",
-                    f"{address} is a loopback address: in a pod it is the pod itself; pass "
-                    "--controller-address with this machine's address as pods see it"
-                    if loopback else f"engines must reach {address} on TCP {port_range[0]}-{port_range[1]}: in "
-                    "JupyterHub add the NetworkPolicy ingress rule for engine pods "
-                    "(docs/jupyterhub.md; `kubemagic rbac` prints it); open firewalls for the "
-                    "range; or pass the right --controller-address")
+        blocked = None if loopback else blocking_policies(api, namespace, address, failed[0])
+        fix = (f"{address} is a loopback address: in a pod it is the pod itself; pass "
+               "--controller-address with this machine's address as pods see it")
+        if not loopback:
+            fix = (f"engines must reach {address} on TCP {port_range[0]}-{port_range[1]}: "
+                   "add the NetworkPolicy ingress rule for engine pods to the kernel's pod "
+                   "(docs/jupyterhub.md; `kubemagic rbac` prints it)")
+            fix += ("" if blocked and blocked.startswith("NetworkPolicy") else
+                    "; open firewalls for the range; or pass the right --controller-address")
+        detail = f"test pod could not connect to {errors}"
+        if blocked:
+            detail += f"; {blocked}"
+        net = Check(net_name, FAIL, detail, fix)
     return [image_check, net]
+
+
+def blocking_policies(api: Api, namespace: str, address: str, port: int) -> str | None:
+    """Name the NetworkPolicies that keep engine pods from ``address:port`` (the kernel's
+    pod when the kernel runs in one), or say why they could not be read."""
+    from .k8s.netpol import Endpoint, explain_block
+
+    kernel_pod = incluster.own_pod(api)
+    kernel_ns = incluster.pod_namespace() or namespace
+    policies = []
+    for ns in dict.fromkeys([namespace, kernel_ns]):
+        try:
+            policies += api.request(
+                "GET", f"/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+                timeout=10)["items"]
+        except ApiException as e:
+            return (f"the NetworkPolicies of namespace {ns} could not be read to name the one "
+                    f"blocking ({api_message(e)}; the Role of `kubemagic rbac` may list them)")
+    controller_labels = ((kernel_pod or {}).get("metadata") or {}).get("labels")
+    found = explain_block(
+        policies,
+        engine=Endpoint(engine_labels("probe", incluster.owner_user()), ip="0.0.0.0"),
+        controller=Endpoint(controller_labels if kernel_pod else None, ip=address),
+        port=port,
+    )
+    if found is None and policies:
+        return (f"no NetworkPolicy of {', '.join(dict.fromkeys([namespace, kernel_ns]))} "
+                "blocks it by its rules: look for a firewall or a wrong address")
+    return found
 
 
 def _wait_probe(api: Api, namespace: str, job: str, listeners: Listeners,

@@ -44,7 +44,8 @@ class KubeMagics(Magics):
     @argument("iterable", nargs="?", help="items to map over (a name or expression)")
     @argument("rest", nargs="*", help="line-magic arguments (e.g. the N of `scale N`)")
     @argument("-n", "--engines", type=int, default=None,
-              help="number of engines (default 2 for a new session; scales a running one)")
+              help="number of engines (default 2, or the admin's c.Kubemagic.default_engines, for "
+                   "a new session; scales a running one)")
     @argument("--backend", default=None, choices=["auto", "local", "kubernetes"],
               help="where engines run (default auto: Kubernetes if configured, else local)")
     @argument("--push", default="", help="comma-separated names to send to every engine")
@@ -217,7 +218,7 @@ class KubeMagics(Magics):
             return existing
         backend = options.pop("backend", "auto")
         return session_mod.current(
-            create=True, n=2 if args.engines is None else args.engines, backend=backend,
+            create=True, n=args.engines, backend=backend,
             retries=args.retries, start_timeout=args.start_timeout, **options,
         )
 

@@ -31,6 +31,7 @@ from . import remote
 from ._guard import PARENT_PID_ENV
 from ._loop import shared_loop, wait_future, wait_until
 from .backends import BackendSpec, make_backend_spec
+from .config import settings
 from .dispatch import MapHandle
 from .errors import SessionError, StartupError, UsageError
 from .replay import Entry, ReplayLog
@@ -68,7 +69,9 @@ class KubeCluster:
     Parameters
     ----------
     n:
-        number of engines to start.
+        number of engines to start (default: ``c.Kubemagic.default_engines``, 2; at most
+        ``c.Kubemagic.max_engines`` where an administrator set it, see
+        :mod:`kubemagic.config`).
     backend:
         ``"auto"`` (Kubernetes when a kubeconfig or in-cluster config is usable, else
         local engines), ``"local"`` or ``"kubernetes"``.
@@ -86,14 +89,16 @@ class KubeCluster:
 
     def __init__(
         self,
-        n: int = 2,
+        n: int | None = None,
         backend: str = "auto",
         *,
         retries: int | None = None,
         start_timeout: float | None = None,
         **options: Any,
     ) -> None:
-        self._target = _check_count(n, "n")
+        site = settings()
+        self._target = _check_count(site.defaults.default_engines if n is None else n, "n")
+        site.check_engines(self._target)
         if start_timeout is not None and (
             isinstance(start_timeout, bool)
             or not isinstance(start_timeout, (int, float))
@@ -226,17 +231,43 @@ class KubeCluster:
             self._events.put({"event": "register", "id": eid})
 
     def _wait_for_engines(self, n: int) -> None:
-        """Block (pumping UI events) until ``n`` engines are ready, or fail with a diagnosis."""
+        """Block (pumping UI events) until ``n`` engines are ready, or fail with a diagnosis.
 
+        Every couple of seconds the launcher is asked whether the platform refuses the
+        engines (a ResourceQuota, an admission policy): that never resolves by waiting, so
+        it fails at once, quoting the platform's message.
+        """
         t0 = time.monotonic()
+        since = time.time() - 1
+        probe: dict[str, Any] = {"fut": None, "next": t0 + 1.0, "refused": None}
+
+        def refused() -> bool:
+            fut = probe["fut"]
+            if fut is not None and fut.done():
+                probe["fut"] = None
+                with contextlib.suppress(Exception):  # a failed probe proves nothing
+                    probe["refused"] = fut.result()
+            if probe["fut"] is None and time.monotonic() >= probe["next"]:
+                probe["next"] = time.monotonic() + 2.0
+                probe["fut"] = self._loop.submit(self.launcher.refusal(since))
+            return probe["refused"] is not None
 
         def settled() -> bool:
             self.process_events()
-            return len(self.ready_ids()) >= n or self._engines_stopped()
+            return len(self.ready_ids()) >= n or self._engines_stopped() or refused()
 
         wait_until(settled, self.start_timeout, tick=lambda: self._notify("engines"))
         if len(self.ready_ids()) >= n:
             return
+        if probe["refused"] is not None:
+            raise StartupError(
+                f"only {len(self.ready_ids())} of {n} engines could start: the cluster "
+                f"refuses to create more engine pods ({self.backend} backend):\n"
+                f"  {probe['refused']}",
+                fix="ask for fewer engines or smaller --cpu/--memory, or stop other "
+                "sessions of yours; the namespace's quota is set by your administrator "
+                "(kubectl describe resourcequota shows it)",
+            )
         # a failed Job (e.g. engines that cannot reach the controller) fails at once,
         # instead of after the whole start_timeout
         when = (f"the engines stopped after {time.monotonic() - t0:.0f} s"
@@ -425,6 +456,7 @@ class KubeCluster:
         task is lost or run twice. ``wait=False`` returns at once (used by the widget).
         """
         n = _check_count(n, "the engine count", minimum=0)
+        settings().check_engines(n)
         self._require_running()
         with self._lock:
             self._target = n
@@ -432,11 +464,18 @@ class KubeCluster:
                 if info.state == "ready" and info.index >= n:
                     info.state = "draining"
         self._notify("engines")
+        before = len(self.ready_ids())
         fut = self._loop.submit(self._scale(n))
         fut.add_done_callback(self._scale_done)
         if wait:
             wait_future(fut, timeout=self.start_timeout + 60)
-            self._wait_for_engines(n)
+            try:
+                self._wait_for_engines(n)
+            except StartupError:
+                # keep what runs; do not leave the platform retrying pods that cannot start
+                with contextlib.suppress(Exception):
+                    self.scale(max(before, len(self.ready_ids())), wait=False)
+                raise
 
     def _scale_done(self, fut: Any) -> None:
         exc = fut.exception()

@@ -71,9 +71,9 @@ def test_rbac_delegates_to_the_backend_renderer():
 
 
 def test_doctor_checks_exactly_the_rules_of_the_rendered_role():
-    from kubemagic.k8s.manifests import ROLE_RULES
+    from kubemagic.k8s.manifests import DIAGNOSTIC_RULES, ROLE_RULES
 
-    assert doctor.role_rules("ns", "sa") == ROLE_RULES
+    assert doctor.role_rules("ns", "sa") == ROLE_RULES + DIAGNOSTIC_RULES
 
 
 def test_usage_errors_exit_2():

@@ -78,6 +78,11 @@ class ScalableEngineLauncher(Protocol):
         Must be cheap (cached state, no blocking I/O): the widget calls it often.
         """
 
+    async def refusal(self, since: float) -> str | None:
+        """Why the platform refuses to create engines requested since ``since`` (epoch
+        seconds), e.g. a quota, or None. Polled while the session waits: a refusal ends
+        the wait at once with this text instead of a timeout."""
+
     async def diagnose(self) -> str:
         """Why engines are not (yet) connected, for error messages after a timeout.
 

@@ -140,6 +140,10 @@ class ScalableLocalEngineSetLauncher(LocalEngineSetLauncher):
             )
         return states
 
+    async def refusal(self, since: float) -> None:
+        """Local processes are never refused by a platform policy."""
+        return None
+
     async def diagnose(self) -> str:
         lines = []
         for ident, data in sorted(self.stop_data.get("engines", {}).items()):

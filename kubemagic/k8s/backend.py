@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from traitlets.config import Config
 
 from ..backends import BackendSpec
+from ..config import settings
 from ..errors import PermissionDenied, UsageError
 from . import incluster
 from .client import Api, api_call, connect, namespace_missing, namespaced
@@ -38,7 +39,8 @@ def kubernetes_backend(**options: Any) -> BackendSpec:
     address), :class:`~kubemagic.errors.PermissionDenied` (missing RBAC rules, all named) or
     :class:`~kubemagic.errors.StartupError` (no cluster configuration, API unreachable).
     """
-    opts = parse_options(**options)
+    site = settings().kubernetes_defaults()
+    opts = parse_options(**{**site, **{k: v for k, v in options.items() if v is not None}})
     api = connect(opts.kubeconfig, opts.context)
     namespace = opts.namespace or incluster.default_namespace(opts.kubeconfig, opts.context)
     check_namespace(api, namespace)

@@ -223,3 +223,35 @@ def _warnings(events: Iterable[Mapping[str, Any]]) -> list[str]:
         if text not in out:
             out.append(text)
     return out[-3:]
+
+
+def refusal(events: Iterable[Mapping[str, Any]], since: float) -> str | None:
+    """The newest reason the API refused to create an engine pod after ``since`` (epoch
+    seconds): a ResourceQuota or admission message quoted from the Job's FailedCreate
+    events, or None. Such a refusal does not go away by waiting, so the session fails
+    at once with it instead of waiting out the start timeout."""
+    newest: tuple[float, str] | None = None
+    for event in events:
+        if event.get("reason") != "FailedCreate":
+            continue
+        message = str(event.get("message") or "")
+        if "exceeded quota" not in message and "forbidden" not in message:
+            continue
+        when = _timestamp(event.get("lastTimestamp") or event.get("eventTime")
+                          or (event.get("metadata") or {}).get("creationTimestamp"))
+        if when >= since and (newest is None or when >= newest[0]):
+            newest = (when, message)
+    return newest[1] if newest else None
+
+
+def _timestamp(value: Any) -> float:
+    """RFC 3339 (``2026-11-29T08:00:00Z`` or with microseconds) to epoch seconds; 0 if absent."""
+    from datetime import datetime
+
+    if not value:
+        return 0.0
+    text = str(value).replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return 0.0

@@ -38,7 +38,7 @@ from traitlets import Bool, Dict, Integer, List, Unicode, default
 from ..errors import SessionError, UsageError
 from . import incluster, manifests
 from .client import Api, api_call, connect, is_not_found, namespaced
-from .diagnose import explain
+from .diagnose import explain, refusal
 from .options import KubernetesOptions, parse_options
 from .podstate import pod_state, slot_states
 from .watch import JobMirror
@@ -568,6 +568,14 @@ class KubernetesEngineSetLauncher(EngineLauncher):
         if self._mirror is None:
             return "the engine Job was never created"
         return await asyncio.to_thread(self._diagnose)
+
+    async def refusal(self, since: float) -> str | None:
+        """Why the API refuses to create engine pods since ``since`` (a quota, an admission
+        policy), quoted from the Job's events; None when nothing refuses them."""
+        if self._mirror is None:
+            return None
+        events = await asyncio.to_thread(self._events, self.job_name)
+        return refusal(events, since)
 
     def _diagnose(self) -> str:
         assert self._mirror is not None

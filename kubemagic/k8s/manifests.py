@@ -62,6 +62,13 @@ ROLE_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
 ]
 
+#: Read-only rules only ``kubemagic doctor`` uses (to name the NetworkPolicy that blocks
+#: engines); part of the Role ``kubemagic rbac`` prints, but the backend never needs them,
+#: so sessions do not check for them.
+DIAGNOSTIC_RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["list"]},
+]
+
 #: IPython needs a writable profile dir, and the image's $HOME may not belong to the
 #: engines' user (``run_as_user``). Users' ``env`` overrides it.
 _DEFAULT_ENGINE_ENV = {"IPYTHONDIR": "/tmp/.ipython"}
@@ -404,7 +411,7 @@ def role(name: str, namespace: str) -> dict[str, Any]:
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": {"name": name, "namespace": namespace},
-        "rules": copy.deepcopy(ROLE_RULES),
+        "rules": copy.deepcopy(ROLE_RULES + DIAGNOSTIC_RULES),
     }
 
 

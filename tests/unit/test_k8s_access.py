@@ -12,7 +12,7 @@ from kubernetes.client.exceptions import ApiException
 from kubemagic.errors import PermissionDenied, StartupError, UsageError
 from kubemagic.k8s import incluster
 from kubemagic.k8s.client import api_call, permission_denied
-from kubemagic.k8s.manifests import ROLE_RULES
+from kubemagic.k8s.manifests import DIAGNOSTIC_RULES, ROLE_RULES
 from kubemagic.k8s.permissions import missing_permissions
 from kubemagic.k8s.rbac import main_rbac, render_rbac
 
@@ -22,7 +22,7 @@ def test_render_rbac_is_applyable_yaml():
     kinds = [d["kind"] for d in docs]
     assert kinds == ["ServiceAccount", "Role", "RoleBinding", "NetworkPolicy"]
     assert all(d["metadata"]["namespace"] == "team-a" for d in docs)
-    assert docs[1]["rules"] == ROLE_RULES
+    assert docs[1]["rules"] == ROLE_RULES + DIAGNOSTIC_RULES
     assert docs[2]["subjects"] == [
         {"kind": "ServiceAccount", "name": "alice-sa", "namespace": "team-a"}
     ]

@@ -201,3 +201,23 @@ def test_explain_quotes_everything_a_user_needs():
 def test_explain_for_a_vanished_job():
     text = explain(job_name="job", namespace="ns", n=1, job=None, pods=[])
     assert "no longer exists" in text and "NotCreated" in text
+
+
+def test_refusal_quotes_the_newest_quota_event_since_the_wait_began():
+    from kubemagic.k8s.diagnose import refusal
+
+    quota = ('Error creating: pods "j-3" is forbidden: exceeded quota: kubemagic, '
+             "requested: pods=1, used: pods=4, limited: pods=4")
+    events = [
+        {"reason": "SuccessfulCreate", "message": "Created pod: j-0",
+         "lastTimestamp": "2026-11-29T08:00:05Z"},
+        {"reason": "FailedCreate", "message": quota.replace("used: pods=4", "used: pods=3"),
+         "lastTimestamp": "2026-11-29T07:00:00Z"},  # before this wait: not ours
+        {"reason": "FailedCreate", "message": quota, "lastTimestamp": "2026-11-29T08:00:06Z"},
+    ]
+    from datetime import datetime
+
+    since = datetime.fromisoformat("2026-11-29T08:00:00+00:00").timestamp()
+    assert refusal(events, since) == quota
+    assert refusal(events[:2], since) is None
+    assert refusal([], since) is None
