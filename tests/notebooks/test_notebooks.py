@@ -156,9 +156,13 @@ def test_scaling_and_failures(kernel_spec, tmp_path):
 def test_kubernetes(kernel_spec, k8s_cluster, tmp_path):
     from kubernetes import client
 
-    namespace = k8s_cluster.create_namespace("nb-kubernetes")
+    from tests.k8s.helpers import make_tenant
+
+    # the notebook runs as a user would: the least-privilege account of `kubemagic rbac`
+    tenant = make_tenant(k8s_cluster, "nb-kubernetes")
+    namespace = tenant.namespace
     env = {
-        "KUBECONFIG": k8s_cluster.kubeconfig,
+        "KUBECONFIG": tenant.kubeconfig,
         "KUBEMAGIC_TEST_IMAGE": k8s_cluster.image,
         "KUBEMAGIC_TEST_NAMESPACE": namespace,
         "KUBEMAGIC_TEST_HOST_IP": k8s_cluster.host_ip,
