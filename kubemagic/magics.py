@@ -5,10 +5,12 @@ Cell magic::
     %%kubemap FUNC ITERABLE [options]
     <cell body: runs locally, then on every engine (and on engines that join later)>
 
-maps FUNC over ITERABLE (names or expressions in the notebook) on the kernel's engines.
+maps FUNC over ITERABLE (any Python expressions, no quotes needed: ``f [1, 4, 9]``,
+``f zip(a, b)``, ``lambda x: x + 1 xs``) on the kernel's engines.
 
 Line magic::
 
+    %kubemap FUNC ITERABLE [options]   map a function defined earlier (no cell body)
     %kubemap status            engines, pods, replay log, last map
     %kubemap scale N           resize the fleet (drains before removing engines)
     %kubemap stop              stop engines and controller (the next cell starts anew)
@@ -20,6 +22,7 @@ Line magic::
 from __future__ import annotations
 
 import difflib
+import keyword
 from typing import Any
 
 from IPython.core.error import UsageError as IPythonUsageError
@@ -29,6 +32,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from . import session as session_mod
 from ._kernel import in_kernel
 from .errors import SessionError, UsageError, as_flags
+from .magicline import literal_string, split_func_iterable, split_options
 
 #: options that describe the fleet; if given, they must match the running session
 _FLEET_OPTIONS = ("backend", "image", "namespace", "cpu", "memory", "gpu",
@@ -40,9 +44,8 @@ class KubeMagics(Magics):
     """The kubemagic magics. See ``%kubemap?``."""
 
     @magic_arguments()
-    @argument("func", nargs="?", help="function to map (a name or expression)")
-    @argument("iterable", nargs="?", help="items to map over (a name or expression)")
-    @argument("rest", nargs="*", help="line-magic arguments (e.g. the N of `scale N`)")
+    @argument("words", nargs="*", help="FUNC ITERABLE (any Python expressions, no quotes "
+              "needed), or a line-magic subcommand (status, scale N, ...)")
     @argument("-n", "--engines", type=int, default=None,
               help="number of engines (default 2, or the admin's c.Kubemagic.default_engines, for "
                    "a new session; scales a running one)")
@@ -75,26 +78,51 @@ class KubeMagics(Magics):
         every engine (imports and definitions included, also on engines that join later),
         then FUNC is mapped over ITERABLE with a load-balanced, adaptive-chunk map.
 
-        Line: ``%kubemap status | scale N | stop | logs [LINES] | widget | start [options]``.
+        Line: ``%kubemap FUNC ITERABLE [options]`` maps a function defined earlier;
+        ``%kubemap status | scale N | stop | logs [LINES] | widget | start [options]``.
         """
+        parser = self.kubemap.parser
+        flags = frozenset(parser._option_string_actions)  # argparse's table of -x/--name
+        parts = split_options(line, flags)
         try:
-            args = parse_argstring(self.kubemap, line)
+            args = parse_argstring(self.kubemap, parts.options)
         except IPythonUsageError as e:  # argparse's message, plus where to look
             raise UsageError(f"%kubemap: {e}", fix="see %kubemap? for the options") from None
-        if cell is None:
-            return self._line(args)
-        return self._cell(args, cell)
+        if args.words:
+            raise UsageError(
+                f"unexpected {' '.join(args.words)!r} among the options",
+                fix="put FUNC and ITERABLE before the options, e.g. %%kubemap f xs -n 4",
+            )
+        _check_out(args.out)
+        words = parts.head.split()
+        if cell is None and words and words[0] in SUBCOMMANDS:
+            return self._line(words[0], words[1:], args)
+        if cell is None and not words:
+            raise UsageError(
+                "%kubemap needs a subcommand, or FUNC and ITERABLE",
+                fix="use %kubemap status | scale N | stop | logs | widget | start, or "
+                "%kubemap FUNC ITERABLE [options] to map a function defined earlier",
+            )
+        if cell is None and len(words) == 1:
+            close = difflib.get_close_matches(words[0], SUBCOMMANDS, n=1)
+            hint = f"did you mean %kubemap {close[0]}? " if close else ""
+            raise UsageError(f"unknown subcommand {words[0]!r}",
+                             fix=hint + "use status | scale N | stop | logs | widget | start, "
+                             "or %kubemap FUNC ITERABLE to map")
+        func, iterable = split_func_iterable(parts.head)
+        return self._map(args, func, iterable, cell or "")
 
     # -- line ----------------------------------------------------------------------------
-    def _line(self, args: Any) -> Any:
-        words = [w for w in (args.func, args.iterable, *args.rest) if w is not None]
-        if not words:
+    def _line(self, cmd: str, params: list[str], args: Any) -> Any:
+        """A subcommand. Subcommands win over notebook names: to map a function called
+        ``status``, write it as an expression, ``%kubemap (status) xs``."""
+        takes = {"scale": 1, "logs": 1}
+        if len(params) > takes.get(cmd, 0):
             raise UsageError(
-                "%kubemap needs a subcommand",
-                fix="use %kubemap status | scale N | stop | logs | widget | start, or "
-                "%%kubemap FUNC ITERABLE as a cell magic",
+                f"%kubemap {cmd} takes {takes.get(cmd, 0) or 'no'} argument(s), "
+                f"not {' '.join(params)!r}",
+                fix=f"to map a function named {cmd!r}, write %kubemap ({cmd}) ITERABLE",
             )
-        cmd, params = words[0], words[1:]
         if cmd == "start":
             session = self._session(args)
             return self._show(session)
@@ -121,11 +149,7 @@ class KubeMagics(Magics):
             self._existing().scale(n)
             print(f"kubemagic: {n} engine(s)")
             return None
-        close = difflib.get_close_matches(cmd, ["status", "scale", "stop", "logs",
-                                                "widget", "start"], n=1)
-        hint = f"did you mean %kubemap {close[0]}? " if close else ""
-        raise UsageError(f"unknown subcommand {cmd!r}",
-                         fix=hint + "use status | scale N | stop | logs | widget | start")
+        raise AssertionError(f"unhandled subcommand {cmd}")  # SUBCOMMANDS lists the above
 
     def _existing(self) -> session_mod.KubeCluster:
         existing = session_mod.current()
@@ -156,12 +180,8 @@ class KubeMagics(Magics):
             print(f"  last error: {st['last_error']}")
 
     # -- cell ----------------------------------------------------------------------------
-    def _cell(self, args: Any, cell: str) -> Any:
-        if args.func is None or args.iterable is None or args.rest:
-            raise UsageError(
-                "%%kubemap needs exactly FUNC and ITERABLE before the options",
-                fix="e.g. %%kubemap score xs -n 4 --out results",
-            )
+    def _map(self, args: Any, func_expr: str, items_expr: str, cell: str) -> Any:
+        """Run the cell body (locally, then on the engines), then map FUNC over ITERABLE."""
         shell = self.shell
         assert shell is not None
         code = shell.transform_cell(cell)
@@ -179,8 +199,8 @@ class KubeMagics(Magics):
             session.execute(code)
         if pushed:
             session.push(pushed)
-        func = self._evaluate(args.func, "FUNC")
-        items = self._evaluate(args.iterable, "ITERABLE")
+        func = self._evaluate(func_expr, "FUNC")
+        items = self._evaluate(items_expr, "ITERABLE")
         widget_shown = False
         if in_kernel() and not args.no_progress:
             self._show(session)
@@ -236,11 +256,14 @@ class KubeMagics(Magics):
         return {n: ns[n] for n in names}
 
     def _evaluate(self, expr: str, what: str) -> Any:
-        """Evaluate FUNC/ITERABLE in the notebook; quotes only group words, so
-        ``'(x for x in xs)'`` is the generator, not a string."""
+        """Evaluate FUNC/ITERABLE in the notebook. A quoted FUNC is the expression inside
+        the quotes (``'lambda x: x + 1'``: a string is never a function); so is a quoted
+        ITERABLE holding an expression with spaces (``'(x for x in xs)'``, the quoting
+        earlier versions needed); any other quoted ITERABLE is the string itself."""
         ns = self.shell.user_ns  # type: ignore[union-attr]
-        if len(expr) >= 2 and expr[0] == expr[-1] and expr[0] in "'\"":
-            expr = expr[1:-1]
+        text = literal_string(expr)
+        if text is not None and (what == "FUNC" or (" " in text.strip() and _parses(text))):
+            expr = text
         try:
             return eval(expr, ns)
         except NameError as e:
@@ -264,6 +287,25 @@ class KubeMagics(Magics):
             display(session.widget)
         else:
             print(repr(session))
+
+
+SUBCOMMANDS = ("status", "scale", "stop", "logs", "widget", "start")
+
+
+def _parses(text: str) -> bool:
+    try:
+        compile(text, "<kubemap>", "eval")
+    except SyntaxError:
+        return False
+    return True
+
+
+def _check_out(name: str | None) -> None:
+    """``--out`` must name a variable: anything else would store the results nowhere."""
+    if name is None or (name.isidentifier() and not keyword.iskeyword(name)):
+        return
+    raise UsageError(f"--out {name!r} is not a variable name",
+                     fix="use a plain Python name, e.g. --out results")
 
 
 def _int_param(params: list[str], usage: str, default: int | None) -> int:

@@ -117,3 +117,62 @@ def test_empty_iterable_and_generator(kernel):
     kernel.run("%%kubemap score [] --out empty\npass\n")
     kernel.run("%%kubemap score '(x for x in range(4))' --out gen\npass\n")
     assert kernel.run("print(empty, gen)").strip() == "[] [0.0, 3.0, 4.242640687119286, 5.196152422706632]"
+    kernel.run("%%kubemap score (x for x in range(4)) --out gen2\npass\n")  # no quotes needed
+    assert kernel.run("print(gen2 == gen)").strip() == "True"
+
+
+# FUNC and ITERABLE are Python expressions (issue: IPython's shell-like splitting broke on the
+# spaces a Python programmer types). Each row: the magic line's head, and the expected results.
+EXPRESSIONS = [
+    ("sq [1, 4, 9]", [1, 16, 81]),
+    ("sq range(0, 4)", [0, 1, 4, 9]),
+    ("add2 zip(a, b)", [11, 22]),
+    ("len 'abc'", [1, 1, 1]),                       # a string literal is the string
+    ("'lambda x: x + 1' [1, 2]", [2, 3]),           # quoted lambda, as before
+    ("lambda x: x * 10 [1, 2]", [10, 20]),          # unquoted lambda
+    ("sq xs[-3:]", [27 ** 2, 28 ** 2, 29 ** 2]),
+    ("sq {3: 'x', 4: 'y'}", [9, 16]),
+    ("sq [x for x in range(3) if x]", [1, 4]),
+    ("ns.f (1, 2)", [2, 4]),                         # attribute access
+    ("π [1]", [3.14]),                               # unicode names
+    ("sq xs[-1:] -n 2", [29 ** 2]),                  # options after an expression
+]
+
+
+@pytest.mark.parametrize("head,expected", EXPRESSIONS, ids=[h for h, _ in EXPRESSIONS])
+def test_func_and_iterable_are_python_expressions(kernel, head, expected):
+    kernel.run("import types\na, b = [1, 2], [10, 20]\n"
+               "def sq(x):\n    return x * x\n"
+               "def add2(p):\n    return p[0] + p[1]\n"
+               "ns = types.SimpleNamespace(f=lambda x: 2 * x)\n"
+               "def π(x):\n    return 3.14 * x\n")
+    kernel.run(f"%%kubemap {head} --out expr_r\n# {head}\n")
+    assert kernel.run("print(expr_r)").strip() == repr(expected)
+    kernel.run(f"%kubemap {head} --out expr_line")  # the line magic: no body needed
+    assert kernel.run("print(expr_line)").strip() == repr(expected)
+
+
+@pytest.mark.parametrize("line,words", [
+    ("%kubemap f (a) (b)", "more than one way"),
+    ("%kubemap sq xs --out 1bad", "not a variable name"),
+    ("%kubemap sq xs --out for", "not a variable name"),
+    ("%kubemap sq xs --out obj.attr", "not a variable name"),
+    ("%kubemap status xs", "write %kubemap (status) ITERABLE"),
+    ("%kubemap stauts", "did you mean %kubemap status"),
+    ("%kubemap sq xs --bogus", "unrecognized arguments"),
+])
+def test_expression_line_errors(kernel, line, words):
+    err = kernel.run_error(line)
+    assert err["ename"] == "UsageError" and words in err["evalue"], err["evalue"]
+
+
+def test_run_all_stops_at_a_failing_kubemap_line(kernel):
+    ids = [kernel.kc.execute("%kubemap sq nosuchname"), kernel.kc.execute("print('after')")]
+    statuses = []
+    for msg_id in ids:
+        while True:
+            reply = kernel.kc.get_shell_msg(timeout=60)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                statuses.append(reply["content"]["status"])
+                break
+    assert statuses == ["error", "aborted"]
