@@ -8,7 +8,8 @@ JupyterLab's Run All does —, completions, inspections, kernel_info) is kept, u
 unsigned-for, in arrival order, and handed back to the kernel's own loop when the wait
 ends, where ipykernel runs it after this cell exactly as if the pump had never read it.
 
-What it relies on (ipykernel 7.x, tested with the versions named in ``TESTED_IPYKERNEL``):
+What it relies on (ipykernel >= 7.4, tested with 7.4.0; with 7.0.1 a failing cell's
+stop_on_error sometimes did not abort the handed-back requests):
 
 - ``kernel.shell_channel_thread.manager.get_shell_channel_to_subshell_pair(None).to_socket``
   is the inproc socket from which the main thread's loop reads main-shell messages;
@@ -20,7 +21,7 @@ What it relies on (ipykernel 7.x, tested with the versions named in ``TESTED_IPY
   Only comm messages, which are handled here and never handed back, are fully
   deserialized (and so recorded, as ipykernel would).
 
-ipykernel 6 had no shell channel thread; kubemagic requires ipykernel 7 (pyproject.toml).
+ipykernel 6 had no shell channel thread; pyproject.toml pins ipykernel >= 7.4, < 8.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from typing import Any, Callable, Iterator
-
-TESTED_IPYKERNEL = ("7.0.1", "7.4.0")
 
 COMM_TYPES = frozenset({"comm_open", "comm_msg", "comm_close"})
 
