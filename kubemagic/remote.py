@@ -60,15 +60,6 @@ def run_chunk(
     return results, first_failure, time.perf_counter() - start
 
 
-def joined() -> dict[str, Any]:
-    """The first task of every engine: switch its serializer to cloudpickle, as the kernel
-    did (see ``KubeCluster``), then say who it is (:func:`engine_info`)."""
-    from ipyparallel.serialize import use_cloudpickle
-
-    use_cloudpickle()
-    return engine_info()
-
-
 def engine_info() -> dict[str, Any]:
     """Who am I: slot index (for draining highest slots first), host (pod name) and pid."""
     index = os.environ.get(ENGINE_INDEX_ENV) or os.environ.get("JOB_COMPLETION_INDEX")

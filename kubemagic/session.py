@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import ipyparallel as ipp
-from ipyparallel.serialize import use_cloudpickle
 
 from . import remote
 from ._guard import PARENT_PID_ENV
@@ -227,10 +226,6 @@ class KubeCluster:
             profile_dir=self._profile_dir,
             cluster_id=self.cluster_id,
         )
-        # Notebook code travels by value: functions, lambdas and classes of __main__ with the
-        # globals they use, as dask and Lithops ship them (ipyparallel's own switch; every
-        # engine makes it too, in its first task, remote.joined)
-        use_cloudpickle()
         self._client._registration_callbacks.append(self._on_registration)
         for eid in list(self._client.ids):
             self._events.put({"event": "register", "id": eid})
@@ -399,7 +394,7 @@ class KubeCluster:
         view = self._view(eid)
         for entry in self.replay:
             self._send_entry(view, entry)
-        ar = view.apply_async(remote.joined)
+        ar = view.apply_async(remote.engine_info)
         ar.add_done_callback(lambda f, info=info: self._learned(info, f))
         info.state = "ready"
         self._notify("engines")
