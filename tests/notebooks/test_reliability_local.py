@@ -54,7 +54,7 @@ def test_engine_killed_mid_map_every_item_exactly_once(kernel):
 @pytest.mark.parametrize("cell,ename,words", [
     ("s.stop(); s.map(slow, [1])", "SessionError", "stopped"),
     ("s.stop(); s.scale(3)", "SessionError", "stopped"),
-    ("s.push(f=open(os.devnull))", "UsageError", "cannot send"),
+    ("import threading\ns.push(lock=threading.Lock())", "UsageError", "cannot send"),
     ("s.map(lambda x: (yield x), [1])", "SessionError", "cannot pickle 'generator'"),
     ("import threading\ng = threading.Lock()\ns.map(lambda x, g=g: x, [1])", "UsageError",
      "cannot send"),
