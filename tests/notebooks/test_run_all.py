@@ -217,7 +217,7 @@ def test_widget_clicks_during_a_map_with_cells_queued(kernel):
     ids = send_all(kernel, [SLOW.format(out="qb").replace("range(24)", "range(600)"),
                             "print('after stop')", "print(len(qa))"], stop_on_error=False)
     stop = kernel.find_model("ButtonModel", description="Stop map")
-    kernel.poll_iopub(1.0)
+    kernel.find_model("IntProgressModel", description="progress", max=600)  # under way
     kernel.click(stop)
     got, order = collect(kernel, ids)
     assert_clean(kernel, got, order, ids)
