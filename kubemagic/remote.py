@@ -60,6 +60,15 @@ def run_chunk(
     return results, first_failure, time.perf_counter() - start
 
 
+def joined() -> dict[str, Any]:
+    """The first task of every engine: serialize like the kernel does (notebook code by
+    value, see :mod:`kubemagic.serialize`), then say who it is (:func:`engine_info`)."""
+    from .serialize import use_notebook_pickler
+
+    use_notebook_pickler()
+    return engine_info()
+
+
 def engine_info() -> dict[str, Any]:
     """Who am I: slot index (for draining highest slots first), host (pod name) and pid."""
     index = os.environ.get(ENGINE_INDEX_ENV) or os.environ.get("JOB_COMPLETION_INDEX")

@@ -35,6 +35,7 @@ from .config import settings
 from .dispatch import MapHandle
 from .errors import SessionError, StartupError, UsageError
 from .replay import Entry, ReplayLog
+from .serialize import set_remote_names, use_notebook_pickler
 
 log = logging.getLogger("kubemagic")
 
@@ -226,6 +227,9 @@ class KubeCluster:
             profile_dir=self._profile_dir,
             cluster_id=self.cluster_id,
         )
+        # notebook code travels by value (kubemagic/serialize.py); every engine switches
+        # too, in its first task (remote.joined)
+        use_notebook_pickler()
         self._client._registration_callbacks.append(self._on_registration)
         for eid in list(self._client.ids):
             self._events.put({"event": "register", "id": eid})
@@ -394,7 +398,7 @@ class KubeCluster:
         view = self._view(eid)
         for entry in self.replay:
             self._send_entry(view, entry)
-        ar = view.apply_async(remote.engine_info)
+        ar = view.apply_async(remote.joined)
         ar.add_done_callback(lambda f, info=info: self._learned(info, f))
         info.state = "ready"
         self._notify("engines")
@@ -538,6 +542,8 @@ class KubeCluster:
                 raise UsageError(f"cannot push {key!r}: not a valid Python name",
                                  fix="use identifiers as keys")
         self._broadcast(Entry("push", ns), what=f"push of {', '.join(sorted(ns))}")
+        # engines hold these now: functions look them up there instead of carrying them
+        set_remote_names(frozenset(self.replay.summary()["pushed_names"]))
 
     def execute(self, code: str) -> None:
         """Run ``code`` on every engine (and later on every engine that joins)."""

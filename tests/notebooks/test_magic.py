@@ -176,3 +176,29 @@ def test_run_all_stops_at_a_failing_kubemap_line(kernel):
                 statuses.append(reply["content"]["status"])
                 break
     assert statuses == ["error", "aborted"]
+
+
+def test_notebook_code_travels_by_value(kernel):
+    """Functions from earlier cells with the globals, helpers and modules they use, and
+    notebook classes as items and results, without --push or a cell body."""
+    kernel.run("import statistics as st\nOFFSET = 100\n"
+               "def helper(x):\n    return x + OFFSET\n"
+               "class Pt:\n    def __init__(self, x):\n        self.x = x\n"
+               "    def __repr__(self):\n        return f'Pt({self.x})'\n"
+               "def uses_all(p):\n    return Pt(helper(p.x) + st.mean([0, 2]))\n"
+               "pts = [Pt(i) for i in range(5)]\n")
+    kernel.run("%kubemap uses_all pts --out moved")
+    assert kernel.run("print(moved)").strip() == "[Pt(101), Pt(102), Pt(103), Pt(104), Pt(105)]"
+    # a closure and a lambda over a notebook variable
+    kernel.run("def make(k):\n    return lambda v: v * k + OFFSET\ntimes3 = make(3)\n")
+    kernel.run("%kubemap times3 [1, 2] --out closure")
+    assert kernel.run("print(closure)").strip() == "[103, 106]"
+    # the engine's own namespace stays visible: pushes and globals()
+    kernel.run("big = list(range(200_000))\nkubemagic.current().push(big=big)\n"
+               "def from_engine(i):\n    return (len(globals()['big']), big[i])\n")
+    kernel.run("%kubemap from_engine [3] --out seen")
+    assert kernel.run("print(seen)").strip() == "[(200000, 3)]"
+    # ... and a pushed name is not shipped with the function again
+    size = kernel.run("from kubemagic.serialize import _Serializer\n"
+                      "print(len(_Serializer.dumps(from_engine)))")
+    assert int(size) < 10_000, size
