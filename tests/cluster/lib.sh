@@ -7,7 +7,8 @@ REPO_DIR=$(cd "$HARNESS_DIR/../.." && pwd)
 # ---- pinned versions -------------------------------------------------------------------------
 K8S_VERSION=v1.31.0          # k8s.io/kubernetes (staging modules v0.31.0), see builder/go.mod
 ETCD_VERSION=v3.5.17         # go.etcd.io/etcd/*/v3 (client/v2 v2.305.17), see etcd-builder/go.mod
-GO_TOOLCHAIN=go1.24.9        # GOTOOLCHAIN used for both builds (fetched through the module proxy)
+KUBE_ROUTER_VERSION=v2.1.0   # github.com/cloudnativelabs/kube-router/v2, see kube-router-builder/go.mod
+GO_TOOLCHAIN=go1.24.9        # GOTOOLCHAIN used for all builds (fetched through the module proxy)
 # The engine image gets a copy of the host's interpreter (same path, same minor version): the
 # base prefix of `python3` on PATH (a .venv's base is its pyenv interpreter), else this default.
 PY_PREFIX=${KUBEMAGIC_ENGINE_PYTHON_PREFIX:-$(python3 -c 'import sys; print(sys.base_prefix)' 2>/dev/null || true)}
@@ -49,6 +50,7 @@ export CGO_ENABLED=0
 
 K8S_BIN=$CACHE/bin/k8s-$K8S_VERSION-$GO_TOOLCHAIN
 ETCD_BIN=$CACHE/bin/etcd-$ETCD_VERSION-$GO_TOOLCHAIN
+KUBE_ROUTER_BIN=$CACHE/bin/kube-router-$KUBE_ROUTER_VERSION-$GO_TOOLCHAIN
 KUBECTL=$K8S_BIN/kubectl
 
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -59,3 +61,25 @@ hash_stdin() { sha256sum | cut -c1-16; }
 
 case "$STATE" in /*/*) ;; *) die "KUBEMAGIC_CLUSTER_STATE must be an absolute path below / (got '$STATE')" ;; esac
 case "$RUN" in /*/*) ;; *) die "KUBEMAGIC_CLUSTER_RUN must be an absolute path below / (got '$RUN')" ;; esac
+
+# Removes what kube-router's firewall put into the host; call it after kube-router stopped (its own
+# `--cleanup-config` is reported to crash with a nil pointer in v2.1.0): the jumps to its chains from
+# INPUT/FORWARD/OUTPUT, its filter-table chains (KUBE-ROUTER-*, KUBE-POD-FW-*, KUBE-NWPLCY-*), then
+# its ipsets (KUBE-SRC-*, KUBE-DST-*, TMP-* of its atomic swaps; inet6: variants).
+kube_router_cleanup() {
+  local re='(KUBE-ROUTER-|KUBE-POD-FW-|KUBE-NWPLCY-)' chains chain rule s
+  if command -v iptables >/dev/null; then
+    chains=$(iptables -w -t filter -S 2>/dev/null | awk '/^-N / {print $2}' | grep -E "^$re")
+    for chain in $chains; do  # jumps from other chains (theirs are flushed below)
+      iptables -w -t filter -S 2>/dev/null | grep -E -- "-j $chain( |$)" | grep -vE "^-A $re" | sed 's/^-A /-D /' |
+        while read -r rule; do eval "iptables -w -t filter $rule"; done
+    done
+    for chain in $chains; do iptables -w -t filter -F "$chain" 2>/dev/null; done
+    for chain in $chains; do iptables -w -t filter -X "$chain" 2>/dev/null || log "could not remove iptables chain $chain"; done
+  fi
+  if command -v ipset >/dev/null; then
+    for s in $(ipset list -n 2>/dev/null | grep -E '^(inet6:)?(KUBE-SRC-|KUBE-DST-|TMP-)'); do
+      ipset destroy "$s" 2>/dev/null || log "could not destroy ipset $s"
+    done
+  fi
+}
