@@ -59,7 +59,7 @@ class Check:
 #: The probe reports twice: over each TCP connection it makes (so no log access is needed)
 #: and on stdout. Exit code: 0 fine, +2 kubemagic/ipyparallel missing, +4 a port unreachable.
 PROBE = r"""
-import json, socket, sys
+import json, socket, sys, time
 address, ports, token = sys.argv[1], [int(p) for p in sys.argv[2].split(",")], sys.argv[3]
 out = {"python": sys.version.split()[0]}
 code = 0
@@ -71,14 +71,23 @@ for mod in ("kubemagic", "ipyparallel"):
         code |= 2
 report = json.dumps(out)
 out["ports"] = {}
-for port in ports:
-    try:
-        with socket.create_connection((address, port), timeout=5) as s:
-            s.sendall((token + "\n" + report + "\n").encode())
-        out["ports"][str(port)] = "connected"
-    except Exception as e:
-        out["ports"][str(port)] = "%s: %s" % (type(e).__name__, e)
-        code |= 4
+# retried for 10 s: a NetworkPolicy engine admits a new pod's traffic a moment after it
+# starts (engines reconnect on their own; one early refusal must not fail the check)
+pending, deadline = list(ports), time.monotonic() + 10
+while pending:
+    for port in list(pending):
+        try:
+            with socket.create_connection((address, port), timeout=3) as s:
+                s.sendall((token + "\n" + report + "\n").encode())
+            out["ports"][str(port)] = "connected"
+            pending.remove(port)
+        except Exception as e:
+            out["ports"][str(port)] = "%s: %s" % (type(e).__name__, e)
+    if not pending or time.monotonic() > deadline:
+        break
+    time.sleep(0.5)
+if pending:
+    code |= 4
 print("KUBEMAGIC-DOCTOR " + json.dumps(out), flush=True)
 sys.exit(code)
 """
