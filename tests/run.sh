@@ -9,7 +9,8 @@ bash tests/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
 if [ "${KUBEMAGIC_KEEP_CLUSTER:-0}" != 1 ]; then
-  trap 'bash tests/cluster/down || true' EXIT
+  trap 'bash tests/hub/down || true; bash tests/cluster/down || true' EXIT
 fi
 bash tests/cluster/up
+bash tests/hub/up >/dev/null  # JupyterHub on the cluster (tests/hub); hub.env has its URL and token
 python -m pytest "$@"
