@@ -7,8 +7,8 @@ objects. Sources, read at spawn time, never copied:
 * ``kubemagic rbac --namespace NS --service-account SA`` — the real command of the repo's package:
   ServiceAccount, Role, RoleBinding and the engines-to-controller NetworkPolicy;
 * ``docs/manifests/z2jh-values.yaml`` — the Helm values docs/jupyterhub.md tells an admin to add:
-  the singleuser NetworkPolicy's extra ingress/egress and egressAllowRules, ``extraEnv``, the
-  service account and ``hub.config.KubeSpawner``;
+  the singleuser NetworkPolicy's extra ingress/egress and egressAllowRules, ``extraEnv``,
+  ``extraFiles`` (kubemagic's admin config), the service account and ``hub.config.KubeSpawner``;
 * ``docs/manifests/engine-networkpolicy.yaml`` — the engines' own NetworkPolicy from the guide.
 
 The singleuser NetworkPolicy is z2jh's (jupyterhub/templates/singleuser/netpol.yaml and
@@ -137,6 +137,16 @@ def quota_objects(namespace: str) -> list[dict]:
     ]
 
 
+def extra_files_objects(namespace: str, values: dict) -> list[dict]:
+    """z2jh's ``singleuser.extraFiles``: one Secret named ``singleuser`` holding the files."""
+    files = values["singleuser"].get("extraFiles") or {}
+    if not files:
+        return []
+    return [{"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+             "metadata": {"name": "singleuser", "namespace": namespace},
+             "stringData": {key: f["stringData"] for key, f in files.items()}}]
+
+
 def namespace_object(namespace: str, username: str) -> dict:
     return {"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": namespace, "labels": {**NAMESPACE_LABELS, "hub.jupyter.org/username": username}}}
@@ -152,7 +162,8 @@ def user_objects(namespace: str, username: str, hub_ip: str, values: dict | None
         if doc["metadata"].get("namespace") != namespace:
             raise RuntimeError(f"kubemagic rbac rendered {doc['kind']} {doc['metadata'].get('name')} outside {namespace}")
     return [namespace_object(namespace, username), *rbac, *quota_objects(namespace),
-            singleuser_policy(namespace, values, hub_ip), engine_policy(namespace)]
+            singleuser_policy(namespace, values, hub_ip), engine_policy(namespace),
+            *extra_files_objects(namespace, values)]
 
 
 def kubespawner_settings(values: dict) -> dict[str, Any]:
@@ -160,6 +171,11 @@ def kubespawner_settings(values: dict) -> dict[str, Any]:
     su = values["singleuser"]
     settings: dict[str, Any] = {"service_account": su["serviceAccountName"],
                                 "environment": copy.deepcopy(su.get("extraEnv") or {})}
+    files = su.get("extraFiles") or {}
+    if files:  # mounted as z2jh mounts them: one secret volume, a subPath per file
+        settings["volumes"] = [{"name": "files", "secret": {"secretName": "singleuser"}}]
+        settings["volume_mounts"] = [{"name": "files", "mountPath": f["mountPath"], "subPath": key}
+                                     for key, f in files.items()]
     settings.update(copy.deepcopy((values.get("hub") or {}).get("config", {}).get("KubeSpawner") or {}))
     return settings
 
