@@ -21,6 +21,8 @@ def ensure_kernelspec() -> None:
 class Kernel:
     """Start a kernel; run cells; collect iopub messages per cell."""
 
+    log_file = None  # subclasses that start their kernel themselves keep no log
+
     def __init__(self, log_path: str | None = None) -> None:
         """``log_path``: the kernel's own stdout/stderr (its log) go to this file."""
         ensure_kernelspec()
