@@ -7,6 +7,7 @@ and ``/usr/local/etc/jupyter`` for an admin — where Zero to JupyterHub's
 
     c.Kubemagic.max_engines = 8          # per session; a larger -n gets a clear error
     c.Kubemagic.default_engines = 2      # -n when a cell does not give one
+    c.Kubemagic.idle_timeout = 1800      # seconds without a map, then engines scale to zero
     c.Kubemagic.cpu = "500m"             # engine pod resources, unless --cpu/--memory say
     c.Kubemagic.memory = "1Gi"
 
@@ -23,7 +24,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from traitlets import Integer, Unicode
+from traitlets import Float, Integer, Unicode
 from traitlets.config import Config, Configurable
 from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
 
@@ -41,6 +42,10 @@ class Kubemagic(Configurable):
     max_engines = Integer(
         0, help="most engines one session may have (0: no limit); the smallest value of "
         "all config files holds"
+    ).tag(config=True)
+    idle_timeout = Float(
+        None, allow_none=True, help="seconds without a map after which a session's engines "
+        "are scaled to zero (0: never); default 1800 on Kubernetes, off locally"
     ).tag(config=True)
     cpu = Unicode(
         None, allow_none=True, help="[kubernetes] default CPU per engine pod, e.g. '500m'"

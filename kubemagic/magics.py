@@ -63,6 +63,9 @@ class KubeMagics(Magics):
               help="put failing items' exceptions in the results instead of raising")
     @argument("--start-timeout", type=float, default=None,
               help="seconds to wait for engines to connect")
+    @argument("--idle-timeout", type=float, default=None,
+              help="seconds without a map before a new session's engines are scaled to zero "
+                   "(0: never; default 1800 on Kubernetes, off locally)")
     @argument("--image", default=None, help="[kubernetes] engine image")
     @argument("--namespace", default=None, help="[kubernetes] namespace for the Job")
     @argument("--cpu", default=None, help="[kubernetes] CPU per engine, e.g. 500m or 2")
@@ -176,6 +179,8 @@ class KubeMagics(Magics):
         if st["map"]:
             m = st["map"]
             print(f"  last map: {m['done']}/{m['total']} items, {m['state']}")
+        if st["notice"]:
+            print(f"  {st['notice']}")
         if st["last_error"]:
             print(f"  last error: {st['last_error']}")
 
@@ -239,7 +244,8 @@ class KubeMagics(Magics):
         backend = options.pop("backend", "auto")
         return session_mod.current(
             create=True, n=args.engines, backend=backend,
-            retries=args.retries, start_timeout=args.start_timeout, **options,
+            retries=args.retries, start_timeout=args.start_timeout,
+            idle_timeout=args.idle_timeout, **options,
         )
 
     def _lookup_names(self, spec: str) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from .backends import BackendSpec, make_backend_spec
 from .config import settings
 from .dispatch import MapHandle
 from .errors import SessionError, StartupError, UsageError
+from .idle import IdleWatch
 from .replay import Entry, ReplayLog
 from .serialize import set_remote_names, use_notebook_pickler
 
@@ -80,6 +81,10 @@ class KubeCluster:
         how often a chunk whose engine died is re-run (default: the backend's).
     start_timeout:
         seconds to wait for engines before failing with the platform's diagnosis.
+    idle_timeout:
+        seconds without a running map after which the engines are scaled to zero (the next
+        map starts them again); 0 turns it off. Default: the admin's
+        ``c.Kubemagic.idle_timeout``, else 30 minutes on Kubernetes and off locally.
     **options:
         backend options, e.g. ``image``, ``namespace``, ``cpu``, ``memory``, ``gpu``
         for Kubernetes; ``env`` for both.
@@ -95,6 +100,7 @@ class KubeCluster:
         *,
         retries: int | None = None,
         start_timeout: float | None = None,
+        idle_timeout: float | None = None,
         **options: Any,
     ) -> None:
         site = settings()
@@ -111,12 +117,27 @@ class KubeCluster:
             )
         if retries is not None:
             _check_count(retries, "retries", minimum=0)
+        if idle_timeout is None:
+            idle_timeout = site.defaults.idle_timeout
+        if idle_timeout is not None and (
+            isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float))
+            or idle_timeout < 0
+        ):
+            raise UsageError(
+                f"--idle-timeout {idle_timeout!r} must be a number of seconds, 0 or more",
+                fix="e.g. --idle-timeout 1800 (0 keeps idle engines for ever)",
+            )
         # last of the checks: a Kubernetes spec claims controller ports (see k8s/ports.py)
         self.spec: BackendSpec = make_backend_spec(backend, **options)
         self.backend = self.spec.name
         self.options = options
         self.retries = self.spec.default_retries if retries is None else retries
         self.start_timeout = start_timeout or self.spec.start_timeout
+        self.idle_timeout = float(self.spec.default_idle_timeout if idle_timeout is None
+                                  else idle_timeout)
+        self.notice = ""  # not an error: e.g. "scaled to zero after 30 min idle"
+        self._parked = 0  # engines to start again after an idle park
+        self._idle: IdleWatch | None = None
         self.cluster_id = f"km-{uuid.uuid4().hex[:8]}"
         self.state = "created"  # created -> starting -> running -> stopped
         self.replay = ReplayLog()
@@ -167,8 +188,32 @@ class KubeCluster:
             self._teardown()
             raise
         self.state = "running"
+        if self.idle_timeout > 0:
+            self._idle = IdleWatch(self.idle_timeout, busy=self._mapping, park=self._park)
+            self._loop.submit(self._idle.run())
         self._notify("state")
         return self
+
+    def _mapping(self) -> bool:
+        return self.current_map is not None and not self.current_map.done()
+
+    def _park(self) -> None:
+        """Idle for idle_timeout: scale to zero, remember how many to bring back."""
+        if self.state != "running" or self._target == 0:
+            return
+        self._parked = self._target
+        self.notice = (f"no map for {self.idle_timeout:.0f} s: engines scaled to zero; "
+                       f"the next map starts {self._parked} again")
+        self.scale(0, wait=False)
+
+    def _wake(self) -> None:
+        """Before a map: bring back what an idle park removed, saying so in one line."""
+        n, self._parked = self._parked, 0
+        if n and self._target == 0:
+            self.notice = ""
+            print(f"kubemagic: the engines were scaled to zero after {self.idle_timeout:.0f} s "
+                  f"without a map; starting {n} again (pushes and code are replayed)")
+            self.scale(n)
 
     async def _start_controller(self) -> None:
         spec = self.spec
@@ -287,6 +332,8 @@ class KubeCluster:
 
     def stop(self) -> None:
         """Cancel any map, stop engines and controller, remove every trace. Idempotent."""
+        if self._idle is not None:
+            self._idle.stop()
         if self.state == "stopped":
             return
         if self.current_map is not None:
@@ -628,6 +675,9 @@ class KubeCluster:
         self._require_running()
         if not callable(func):
             raise UsageError(f"{func!r} is not callable", fix="pass a function to map")
+        self._wake()
+        if self._idle is not None:
+            self._idle.touch()
         if not iterables:
             raise UsageError("map needs at least one iterable", fix="map(func, items)")
         if self.current_map is not None and not self.current_map.done():
@@ -692,6 +742,7 @@ class KubeCluster:
             "replay": self.replay.summary(),
             "map": self.current_map.progress().__dict__ if self.current_map else None,
             "last_error": self.last_error,
+            "notice": self.notice,
         }
 
     @property

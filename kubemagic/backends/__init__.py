@@ -46,6 +46,9 @@ class BackendSpec:
     default_retries: int = 0
     #: seconds to wait for the requested engines before failing with diagnostics
     start_timeout: float = 60.0
+    #: seconds without a map before the engines are scaled to zero (0: never); a
+    #: shared cluster wants its CPUs back, a laptop does not care
+    default_idle_timeout: float = 0.0
     #: ask removed engines to shut down (they unregister at once) before the launcher
     #: removes them; off where the platform must see them die otherwise (an Indexed Job
     #: treats a clean exit as a finished slot)

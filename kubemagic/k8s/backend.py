@@ -57,6 +57,7 @@ def kubernetes_backend(**options: Any) -> BackendSpec:
     ports = claim.ports
     return BackendSpec(
         name="kubernetes",
+        default_idle_timeout=1800.0,
         engine_launcher_class=KubernetesEngineSetLauncher,
         config=Config({"KubernetesEngineSetLauncher": launcher_config}),
         controller_ip="0.0.0.0",

@@ -233,6 +233,8 @@ def test_admin_limit_and_quota_give_clear_messages(hub, k8s_cluster):
             "get", "pods", "-n", ns, "-l", KUBEMAGIC_SELECTOR, "-o",
             "jsonpath={.items[*].spec.containers[0].resources.requests.cpu}").stdout.split()
         assert cpu and set(cpu) == {"100m"}, cpu
+        idle = run(kernel, "import kubemagic\nprint(kubemagic.current().idle_timeout)")
+        assert idle.strip() == "1800.0", idle  # the admin's c.Kubemagic.idle_timeout
     print(f"\nquota refusal reported after {took:.1f} s")
 
 
