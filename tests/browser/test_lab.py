@@ -12,6 +12,7 @@ playwright via pip); the session fixture runs it, so nothing is ever skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -103,13 +104,10 @@ def lab(browser_deps, tmp_path):
 
 
 def test_widget_in_jupyterlab(lab, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     expect.set_options(timeout=120_000)
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_FLAGS, viewport={"width": 1280, "height": 900})
+    with chromium(tmp_path) as ctx:
         try:
             page = ctx.pages[0] if ctx.pages else ctx.new_page()
             page.goto(f"{lab['url']}/lab/tree/quickstart.ipynb?token={lab['token']}")
@@ -141,8 +139,6 @@ def test_widget_in_jupyterlab(lab, tmp_path):
                 print("widget DOM:\n" + page.locator(".kubemagic-widget").first.inner_html()[:8000])
             print("JupyterLab log:\n" + lab["log"].read_text()[-5000:])
             raise
-        finally:
-            ctx.close()
     assert SCREENSHOT.stat().st_size > 10_000
 
 
@@ -163,7 +159,7 @@ def test_run_all_with_two_kubemap_cells(lab, tmp_path):
     import re
 
     import nbformat
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(src) for src in RUN_ALL_CELLS]
@@ -171,10 +167,7 @@ def test_run_all_with_two_kubemap_cells(lab, tmp_path):
                                  "language": "python"}
     nbformat.write(nb, lab["root"] / "run_all.ipynb")
     expect.set_options(timeout=120_000)
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_FLAGS, viewport={"width": 1280, "height": 900})
+    with chromium(tmp_path) as ctx:
         try:
             page = ctx.pages[0] if ctx.pages else ctx.new_page()
             page.goto(f"{lab['url']}/lab/tree/run_all.ipynb?token={lab['token']}")
@@ -197,6 +190,19 @@ def test_run_all_with_two_kubemap_cells(lab, tmp_path):
             page.screenshot(path=str(tmp_path / "failure.png"))
             print("JupyterLab log:\n" + lab["log"].read_text()[-5000:])
             raise
+
+
+@contextlib.contextmanager
+def chromium(tmp_path: Path):
+    """Debian's Chromium, headless, driven by Playwright, with a fresh profile."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1280, "height": 900})
+        try:
+            yield ctx
         finally:
             ctx.close()
 
@@ -219,9 +225,9 @@ def _run_kubemap_cell(page) -> None:
         _run_cell(page, cells.nth(i))
 
 
-def _run_cell(page, cell) -> None:
-    """Shift+Enter in the cell; again if the kernel was not connected yet and it did not
-    start (the prompt stays "[ ]:"); then wait until it finished ("[N]:")."""
+def start_cell(page, cell) -> None:
+    """Shift+Enter in the cell; again if the kernel did not take it (the prompt stays "[ ]:",
+    e.g. the kernel was not connected yet)."""
     import re
 
     from playwright.sync_api import expect
@@ -232,7 +238,17 @@ def _run_cell(page, cell) -> None:
         page.keyboard.press("Shift+Enter")
         try:
             expect(prompt).not_to_have_text(re.compile(r"^\[ \]:"), timeout=5_000)
-            break
+            return
         except AssertionError:
             continue
-    expect(prompt).to_have_text(re.compile(r"^\[\d+\]:"))
+    raise AssertionError("the cell never started (its prompt stayed '[ ]:')")
+
+
+def _run_cell(page, cell) -> None:
+    """Start the cell, then wait until it finished ("[N]:")."""
+    import re
+
+    from playwright.sync_api import expect
+
+    start_cell(page, cell)
+    expect(cell.locator(".jp-InputPrompt")).to_have_text(re.compile(r"^\[\d+\]:"))

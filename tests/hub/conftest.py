@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -233,12 +234,12 @@ def hub(k8s_cluster, request) -> Hub:
                namespace_template=env["HUB_USER_NAMESPACE"], up_seconds=_up["seconds"])
 
 
-@pytest.fixture
-def hub_user(hub, k8s_cluster):
-    """A fresh user with a running server; stopped, deleted and its namespace removed afterwards."""
+@contextlib.contextmanager
+def spawned_user(hub: Hub, k8s_cluster, prefix: str = "kmt"):
+    """A fresh user whose server is running; stopped, deleted and its namespace removed after."""
     from kubernetes import client
 
-    user = hub.new_user()
+    user = hub.new_user(prefix)
     try:
         hub.timings["spawn to ready"] = hub.start_server(user.name)
         yield user
@@ -253,3 +254,10 @@ def hub_user(hub, k8s_cluster):
             except client.ApiException as e:
                 if e.status != 404:
                     raise
+
+
+@pytest.fixture
+def hub_user(hub, k8s_cluster):
+    """A fresh user with a running server (see :func:`spawned_user`)."""
+    with spawned_user(hub, k8s_cluster) as user:
+        yield user

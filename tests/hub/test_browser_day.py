@@ -30,16 +30,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser.test_lab import browser_deps, chromium, start_cell  # noqa: F401 (a fixture)
+
 pytestmark = [pytest.mark.browser, pytest.mark.cluster]
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "hub-screenshot.png"
 STATE = Path("/var/lib/kubemagic-cluster")
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 KUBEMAGIC_SELECTOR = "app.kubernetes.io/name=kubemagic"
 ENGINE_SELECTOR = "app.kubernetes.io/name=kubemagic,app.kubernetes.io/component=engine"
 ITEMS = 60
@@ -53,15 +50,6 @@ CELLS = [
     f"print(r == [x * x for x in range({ITEMS})])",
 ]
 CLEANUP_LIMIT_S = 30
-
-
-@pytest.fixture(scope="session")
-def browser_deps() -> None:
-    res = subprocess.run(["bash", str(REPO / "tests" / "browser" / "setup.sh")],
-                         capture_output=True, text=True, timeout=900)
-    if res.returncode != 0:
-        pytest.fail(f"tests/browser/setup.sh failed ({res.returncode}):\n{res.stdout}\n{res.stderr}",
-                    pytrace=False)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -148,22 +136,6 @@ def _notebook() -> dict:
     return json.loads(nbformat.writes(nb))
 
 
-def _start_cell(page, cell) -> None:
-    """Shift+Enter in the cell; again if the kernel did not take it (the prompt stays "[ ]:")."""
-    from playwright.sync_api import expect
-
-    prompt = cell.locator(".jp-InputPrompt")
-    for _ in range(10):
-        cell.locator(".jp-InputArea-editor").click()
-        page.keyboard.press("Shift+Enter")
-        try:
-            expect(prompt).not_to_have_text(re.compile(r"^\[ \]:"), timeout=5_000)
-            return
-        except AssertionError:
-            continue
-    raise AssertionError("the cell never started (its prompt stayed '[ ]:')")
-
-
 def _finished(cell, timeout: float = 300_000) -> None:
     from playwright.sync_api import expect
 
@@ -178,7 +150,7 @@ def _widget_pod_names(widget) -> list[str]:
 
 # -- the day -------------------------------------------------------------------------------
 def test_a_researchers_day_in_the_browser(hub, k8s_cluster, browser_deps, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     name = f"day-{uuid.uuid4().hex[:8]}"
     ns = hub.namespace_template.format(username=name)
@@ -186,10 +158,7 @@ def test_a_researchers_day_in_the_browser(hub, k8s_cluster, browser_deps, tmp_pa
     pod_log = ""  # the singleuser pod's log, kept before the stop (the pod goes with it)
     expect.set_options(timeout=120_000)
     try:
-        with sync_playwright() as p:
-            ctx = p.chromium.launch_persistent_context(
-                str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
-                args=CHROMIUM_FLAGS, viewport={"width": 1280, "height": 900})
+        with chromium(tmp_path) as ctx:
             page = ctx.pages[0] if ctx.pages else ctx.new_page()
             try:
                 # 1. log in, start the server from the home page, land in JupyterLab
@@ -230,13 +199,13 @@ def test_a_researchers_day_in_the_browser(hub, k8s_cluster, browser_deps, tmp_pa
                        .or_(page.get_by_text("Python 3 (ipykernel) | Idle")).first).to_be_attached(
                     timeout=180_000)
 
-                _start_cell(page, cells.nth(0))
+                start_cell(page, cells.nth(0))
                 _finished(cells.nth(0))
                 expect(cells.nth(0).locator(".jp-OutputArea-output")).to_have_count(0)
 
                 # the map, with no Kubernetes options
                 t_map = time.monotonic()
-                _start_cell(page, cells.nth(1))
+                start_cell(page, cells.nth(1))
                 widget = cells.nth(1).locator(".kubemagic-widget")
                 expect(widget).to_be_visible(timeout=180_000)
                 label = widget.locator(".widget-hbox").nth(1).locator(".widget-html")  # beside the bar
@@ -288,7 +257,7 @@ def test_a_researchers_day_in_the_browser(hub, k8s_cluster, browser_deps, tmp_pa
                 SCREENSHOT.parent.mkdir(exist_ok=True)
                 page.screenshot(path=str(SCREENSHOT))
 
-                _start_cell(page, cells.nth(2))
+                start_cell(page, cells.nth(2))
                 _finished(cells.nth(2), timeout=120_000)
                 expect(cells.nth(2).locator(".jp-OutputArea-output")).to_have_text("True")
 
@@ -325,8 +294,6 @@ def test_a_researchers_day_in_the_browser(hub, k8s_cluster, browser_deps, tmp_pa
                 print(_singleuser_log(k8s_cluster, ns) if not pod_log else pod_log)
                 print(_kubectl(k8s_cluster, "get", "all,secrets,events", "-n", ns).stdout[-6000:])
                 raise
-            finally:
-                ctx.close()
     finally:
         try:
             _retrying(lambda: _delete_user(hub, name))  # the hub may be restarting meanwhile

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from .conftest import spawned_user
 from .test_spawn import KUBEMAGIC_SELECTOR, _kubemagic_objects
 
 pytestmark = pytest.mark.cluster
@@ -50,27 +51,12 @@ def probe(target, patience=8.0):
 @contextmanager
 def spawned(hub, k8s_cluster, prefix: str):
     """A fresh user with a running server and a kernel in it; all removed afterwards."""
-    from kubernetes import client
-
-    user = hub.new_user(prefix)
-    kernel = None
-    try:
-        hub.start_server(user.name)
+    with spawned_user(hub, k8s_cluster, prefix) as user:
         kernel = user.kernel()
-        yield user, kernel
-    finally:
         try:
-            if kernel is not None:
-                kernel.ws.close()
-            if hub.user_model(user.name)["servers"]:
-                hub.stop_server(user.name)
-            hub.api("DELETE", f"users/{user.name}", ok=(204, 404))
+            yield user, kernel
         finally:
-            try:
-                client.CoreV1Api(k8s_cluster.api).delete_namespace(user.namespace)
-            except client.ApiException as e:
-                if e.status != 404:
-                    raise
+            kernel.ws.close()
 
 
 def run(kernel, code: str, timeout: float = 300) -> str:
