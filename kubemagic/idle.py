@@ -19,7 +19,9 @@ class IdleWatch:
     """Calls ``park`` once the session has been idle for ``timeout`` seconds.
 
     ``busy`` says whether work is running (a map); while it is, the idle clock restarts,
-    so a two-hour map is not followed by an instant park. Runs on the session's loop.
+    so a two-hour map is not followed by an instant park. Runs on the session's loop;
+    ``park`` checks :meth:`due` again under the session's lock, since a map may begin
+    between this check and that one.
     """
 
     def __init__(self, timeout: float, busy: Callable[[], bool],

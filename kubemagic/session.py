@@ -198,19 +198,28 @@ class KubeCluster:
         return self.current_map is not None and not self.current_map.done()
 
     def _park(self) -> None:
-        """Idle for idle_timeout: scale to zero, remember how many to bring back."""
-        if self.state != "running" or self._target == 0:
-            return
-        self._parked = self._target
-        self.notice = (f"no map for {self.idle_timeout:.0f} s: engines scaled to zero; "
-                       f"the next map starts {self._parked} again")
-        self.scale(0, wait=False)
+        """Idle for idle_timeout (loop thread): scale to zero, remember how many to bring
+        back. Checked again under the lock: a map that just began keeps its engines."""
+        assert self._idle is not None
+        with self._lock:
+            if (self.state != "running" or self._target == 0 or self._mapping()
+                    or not self._idle.due(time.monotonic())):
+                return
+            self._parked = self._target
+            self.notice = (f"no map for {self.idle_timeout:.0f} s: engines scaled to zero; "
+                           f"the next map starts {self._parked} again")
+            self.scale(0, wait=False)
 
     def _wake(self) -> None:
         """Before a map: bring back what an idle park removed, saying so in one line."""
-        n, self._parked = self._parked, 0
-        if n and self._target == 0:
-            self.notice = ""
+        with self._lock:
+            if self._idle is not None:
+                self._idle.touch()
+            n, self._parked = self._parked, 0
+            parked = bool(n) and self._target == 0
+            if parked:
+                self.notice = ""
+        if parked:
             print(f"kubemagic: the engines were scaled to zero after {self.idle_timeout:.0f} s "
                   f"without a map; starting {n} again (pushes and code are replayed)")
             self.scale(n)
@@ -275,6 +284,7 @@ class KubeCluster:
         # notebook code travels by value (kubemagic/serialize.py); every engine switches
         # too, in its first task (remote.joined)
         use_notebook_pickler()
+        set_remote_names(frozenset())  # nothing pushed to this session's engines yet
         self._client._registration_callbacks.append(self._on_registration)
         for eid in list(self._client.ids):
             self._events.put({"event": "register", "id": eid})
@@ -676,8 +686,6 @@ class KubeCluster:
         if not callable(func):
             raise UsageError(f"{func!r} is not callable", fix="pass a function to map")
         self._wake()
-        if self._idle is not None:
-            self._idle.touch()
         if not iterables:
             raise UsageError("map needs at least one iterable", fix="map(func, items)")
         if self.current_map is not None and not self.current_map.done():
