@@ -137,6 +137,7 @@ class KubeCluster:
                                   else idle_timeout)
         self.notice = ""  # not an error: e.g. "scaled to zero after 30 min idle"
         self._parked = 0  # engines to start again after an idle park
+        self._waking = False  # bringing them back: the idle watch must not park meanwhile
         self._idle: IdleWatch | None = None
         self.cluster_id = f"km-{uuid.uuid4().hex[:8]}"
         self.state = "created"  # created -> starting -> running -> stopped
@@ -195,7 +196,8 @@ class KubeCluster:
         return self
 
     def _mapping(self) -> bool:
-        return self.current_map is not None and not self.current_map.done()
+        """Busy for the idle watch: a map runs, or the engines are coming back for one."""
+        return self._waking or (self.current_map is not None and not self.current_map.done())
 
     def _park(self) -> None:
         """Idle for idle_timeout (loop thread): scale to zero, remember how many to bring
@@ -222,7 +224,11 @@ class KubeCluster:
         if parked:
             print(f"kubemagic: the engines were scaled to zero after {self.idle_timeout:.0f} s "
                   f"without a map; starting {n} again (pushes and code are replayed)")
-            self.scale(n)
+            self._waking = True
+            try:
+                self.scale(n)
+            finally:
+                self._waking = False
 
     async def _start_controller(self) -> None:
         spec = self.spec

@@ -8,9 +8,11 @@ where they would otherwise outlive a SIGKILLed kernel by minutes).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import sys
+import weakref
 from typing import Any
 
 from ipyparallel.cluster.launcher import LocalEngineLauncher, LocalEngineSetLauncher
@@ -80,6 +82,13 @@ class ScalableLocalEngineSetLauncher(LocalEngineSetLauncher):
     def _default_engine_cmd(self) -> list[str]:
         return list(GUARDED_ENGINE_CMD)
 
+    @property
+    def _leaving(self) -> weakref.WeakSet:
+        """Engines told to stop whose exit may not be reported yet."""
+        if not hasattr(self, "_leaving_set"):
+            self._leaving_set: weakref.WeakSet = weakref.WeakSet()
+        return self._leaving_set
+
     def start(self, n: int) -> list[Any]:
         self.n = n
         started = [self._start_slot(i) for i in range(n)]
@@ -105,23 +114,32 @@ class ScalableLocalEngineSetLauncher(LocalEngineSetLauncher):
         )
         el.engine_cmd = list(self.engine_cmd)
         el.engine_args = list(self.engine_args)
-        el.on_stop(self._notice_engine_stopped)
+        el.on_stop(functools.partial(self._notice_engine_stopped, el))
         return el.start()
 
-    def _notice_engine_stopped(self, data: dict[str, Any]) -> None:
-        # unlike the parent class, an empty set is not "stopped": it can scale up again
+    def _notice_engine_stopped(self, launcher: LocalEngineLauncher, data: dict[str, Any]) -> None:
+        # unlike the parent class, an empty set is not "stopped": it can scale up again.
+        # The slot may already hold a newer engine (scaled down and up again quickly):
+        # only the launcher that stopped leaves it.
         identifier = data["identifier"]
-        launcher = self.launchers.pop(identifier, None)
-        if launcher is not None:
-            self.outputs[identifier] = launcher.get_output()
+        if self.launchers.get(identifier) is launcher:
+            del self.launchers[identifier]
+        self.outputs[identifier] = launcher.get_output()
         self.stop_data.setdefault("engines", {})[identifier] = data
 
     async def scale(self, n: int) -> None:
-        """Start missing slots below ``n``; terminate slots ``>= n`` and wait for them."""
+        """Start missing slots below ``n``; terminate slots ``>= n`` and wait for them.
+
+        A slot whose engine is on its way out (stopped, not yet reported) counts as
+        missing: scaling 2 -> 0 -> 2 in quick succession must start two new engines.
+        """
         for i in range(n):
-            if str(i) not in self.launchers:
+            el = self.launchers.get(str(i))
+            if el is None or el.state != "running" or el in self._leaving:
                 self._start_slot(i)
-        doomed = [el for ident, el in list(self.launchers.items()) if int(ident) >= n]
+        doomed = [el for ident, el in list(self.launchers.items())
+                  if int(ident) >= n and el.state == "running" and el not in self._leaving]
+        self._leaving.update(doomed)
         for el in doomed:
             el.signal(signal.SIGTERM)
         await asyncio.gather(*(el.join(timeout=10) for el in doomed))
