@@ -82,12 +82,10 @@ class ScalableLocalEngineSetLauncher(LocalEngineSetLauncher):
     def _default_engine_cmd(self) -> list[str]:
         return list(GUARDED_ENGINE_CMD)
 
-    @property
-    def _leaving(self) -> weakref.WeakSet:
-        """Engines told to stop whose exit may not be reported yet."""
-        if not hasattr(self, "_leaving_set"):
-            self._leaving_set: weakref.WeakSet = weakref.WeakSet()
-        return self._leaving_set
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        #: engines told to stop whose exit may not be reported yet
+        self._leaving: weakref.WeakSet[LocalEngineLauncher] = weakref.WeakSet()
 
     def start(self, n: int) -> list[Any]:
         self.n = n
