@@ -14,17 +14,18 @@ import concurrent.futures
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import ipyparallel as ipp
 
 from . import remote
 from ._loop import wait_until
 from .errors import KubemagicError, SessionError, StartupError, UsageError
-from .mapping import ChunkPlanner, MapRun, Progress
-
-if TYPE_CHECKING:
-    from .session import KubeCluster
+from .events import Events, Topic
+from .fleet import Fleet
+from .mapping import Chunk, ChunkPlanner, MapRun, Progress
+from .output import MapOutput
+from .progress import progress_display
 
 #: chunks in flight per engine: two keep an engine busy while the next result travels
 PIPELINE = 2
@@ -35,10 +36,13 @@ PROGRESS_INTERVAL = 0.1
 class MapHandle:
     """A running map: ``result()``, ``cancel()``, ``progress()``, ``done()``."""
 
-    def __init__(self, session: "KubeCluster", func: Callable[..., Any],
+    def __init__(self, fleet: Fleet, events: Events, func: Callable[..., Any],
                  args: list[tuple[Any, ...]], *, chunksize: int | str, ordered: bool,
-                 retries: int, timeout: float | None, return_exceptions: bool) -> None:
-        self.session = session
+                 retries: int, timeout: float | None, return_exceptions: bool,
+                 starve_timeout: float, speculate: bool = True) -> None:
+        self.fleet = fleet
+        self.events = events
+        self.starve_timeout = starve_timeout
         self.func = func
         self.args = args
         self.timeout = timeout
@@ -46,13 +50,16 @@ class MapHandle:
         self.run = MapRun(
             total=len(args), planner=ChunkPlanner(len(args), chunksize), retries=retries,
             return_exceptions=return_exceptions, ordered=ordered,
-            item_reprs=lambda i: _short_repr(args[i]),
+            item_reprs=lambda i: _short_repr(args[i]), speculate=speculate,
         )
         self._cancel = threading.Event()
         self._finished = threading.Event()
         self._thread = threading.Thread(target=self._dispatch, name="kubemagic-map",
                                         daemon=True)
         self._inflight: dict[Any, tuple[Any, int]] = {}
+        #: what the items print: kept whole, and the cell's share printed by result()
+        self.output = MapOutput()
+        self._checked: set[int] = set()  # chunks re-sent to name an unpicklable result
 
     # -- public --------------------------------------------------------------------------
     def start(self) -> None:
@@ -74,13 +81,18 @@ class MapHandle:
         A KeyboardInterrupt while waiting cancels the map and is re-raised; the engines
         and everything pushed to them stay.
         """
-        from .progress import progress_display
+        display = progress_display(self.progress, self.run.total) if progress else None
 
-        display = progress_display(self) if progress else None
+        def tick() -> None:
+            for line in self.output.take():
+                print(line)
+            if display:
+                display.update()
+
         try:
             finished = wait_until(self._finished.is_set, timeout if timeout else 1e9,
-                                  tick=display.update if display else None,
-                                  interval=0.02, event=self._finished)
+                                  tick=tick, interval=0.02, event=self._finished)
+            tick()
         except KeyboardInterrupt:
             self.cancel()
             self._finished.wait(30)
@@ -94,7 +106,7 @@ class MapHandle:
 
     # -- the loop (its own thread) ---------------------------------------------------------
     def _dispatch(self) -> None:
-        run, session = self.run, self.session
+        run, fleet = self.run, self.fleet
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         last_progress = 0.0
         starved_since: float | None = None  # when the last ready engine went away
@@ -110,15 +122,15 @@ class MapHandle:
                         fix="raise --timeout, add engines (%kubemap scale N), or "
                         "check the engines' logs for a hang"))
                     break
-                session.process_events()
-                self._fill(session.ready_ids())
-                if self._inflight or session.ready_ids():
+                fleet.refresh()
+                self._fill(fleet.ready())
+                if self._inflight or fleet.ready():
                     starved_since = None
                 elif starved_since is None:
                     starved_since = time.monotonic()
-                elif time.monotonic() - starved_since > session.start_timeout:
+                elif time.monotonic() - starved_since > self.starve_timeout:
                     run.fail(StartupError(
-                        f"no engine has been available for {session.start_timeout:.0f} s "
+                        f"no engine has been available for {self.starve_timeout:.0f} s "
                         f"({run.done} of {run.total} items done)",
                         fix="look at %kubemap status and %kubemap logs for why engines "
                         "are gone; %kubemap scale N starts new ones"))
@@ -128,36 +140,39 @@ class MapHandle:
                         list(self._inflight), timeout=0.05,
                         return_when=concurrent.futures.FIRST_COMPLETED)
                     for ar in done:
-                        self._collect(ar)
+                        if ar in self._inflight:  # not dropped as a redundant copy
+                            self._collect(ar)
                 else:
                     time.sleep(0.01)  # no engine ready: wait for one to join
                 now = time.monotonic()
                 if now - last_progress > PROGRESS_INTERVAL:
                     last_progress = now
-                    session._notify("progress")
+                    self.output.poll()
+                    self.events.emit(Topic.PROGRESS)
         except Exception as e:  # a bug or a broken connection: fail the map, loudly
             run.fail(e)
         finally:
             self._abort_inflight()
+            self.output.close()
             self._finished.set()
-            session._notify("progress")
-            session._notify("map")
+            self.events.emit(Topic.PROGRESS)
+            self.events.emit(Topic.MAP)
 
     def _fill(self, ready: list[int]) -> None:
-        """Give every ready engine up to PIPELINE chunks."""
-        engines = self.session.engines
+        """Give every ready engine up to PIPELINE chunks; an idle one may get a copy of a
+        straggling chunk once nothing else is left (see :mod:`kubemagic.speculation`)."""
+        fleet = self.fleet
         for eid in ready:
-            info = engines.get(eid)
-            while info is not None and info.inflight < PIPELINE:
-                chunk = self.run.next_chunk(len(ready))
+            while fleet.inflight(eid) < PIPELINE:
+                chunk = self.run.next_chunk(len(ready), engine=eid)
+                if chunk is None and fleet.inflight(eid) == 0:
+                    chunk = self.run.speculative_chunk(engine=eid)
                 if chunk is None:
-                    return
+                    break
                 try:
-                    ar = self.session._view(eid).apply_async(
-                        remote.run_chunk, self.func, self.args[chunk.start:chunk.stop],
-                        not self.return_exceptions)
+                    self._send(eid, chunk)
                 except Exception as e:
-                    if not self.session.engine_alive(eid):
+                    if not fleet.alive(eid):
                         # it died before we heard: the chunk never left, nothing to count
                         self.run.release(chunk)
                         break
@@ -167,14 +182,20 @@ class MapHandle:
                         fix="map a picklable function (defined at top level of a cell) "
                         "over picklable items"))
                     return
-                info.inflight += 1
-                self._inflight[ar] = (chunk, eid)
+
+    def _send(self, eid: int, chunk: Chunk) -> Any:
+        """One chunk to one engine; its items' prints are followed from now on."""
+        ar = self.fleet.submit(
+            eid, remote.run_chunk, self.func, self.args[chunk.start:chunk.stop],
+            not self.return_exceptions, chunk.start, chunk.id in self._checked)
+        self._inflight[ar] = (chunk, eid)
+        self.output.watch(ar, eid)
+        return ar
 
     def _collect(self, ar: Any) -> None:
         chunk, eid = self._inflight.pop(ar)
-        info = self.session.engines.get(eid)
-        if info is not None:
-            info.inflight -= 1
+        self.fleet.settle(eid)
+        self.output.finished(ar)
         try:
             results, _, seconds = ar.get()
         except ipp.error.EngineError as e:
@@ -184,6 +205,12 @@ class MapHandle:
                 self.run.lost(chunk, f"engine {eid} went away ({e.ename})")
                 return
             unpicklable = "pickle" in str(e.evalue)
+            if unpicklable and chunk.id not in self._checked and self.fleet.alive(eid):
+                # a result could not be sent back: run the chunk again, pickling each
+                # result on the engine, so the error names the item
+                self._checked.add(chunk.id)
+                self._send(eid, chunk)
+                return
             self.run.fail(SessionError(
                 f"a chunk could not run on engine {eid}: {e.ename}: {e.evalue}\n"
                 f"{_ANSI.sub('', e.traceback or '')}".rstrip(),
@@ -192,26 +219,29 @@ class MapHandle:
                 "usually a name or module the function needs is missing on the "
                 "engines: define it in the cell body, --push it, or import it there"))
         else:
-            self.run.complete(chunk, results, seconds)
+            for twin in self.run.complete(chunk, results, seconds):
+                self._drop(twin)
+
+    def _drop(self, chunk: Any) -> None:
+        """The other copy of a speculated chunk lost the race: abort it if still queued,
+        and stop waiting for it (a running copy finishes; its result is ignored)."""
+        for ar, (out, eid) in list(self._inflight.items()):
+            if out is chunk:
+                del self._inflight[ar]
+                self.output.finished(ar)
+                self.fleet.abort(ar.msg_ids)
+                ar.add_done_callback(lambda _f, eid=eid: self.fleet.settle(eid))
 
     def _abort_inflight(self) -> None:
         """Drop queued chunks of a finished/failed/cancelled map from the engines."""
         if not self._inflight:
             return
-        msg_ids = [m for ar in self._inflight for m in ar.msg_ids]
-        client = self.session._client
-        if client is not None:
-            try:
-                client.abort(msg_ids, block=False)
-            except Exception:  # engines may be gone: nothing left to abort then
-                pass
+        self.fleet.abort([m for ar in self._inflight for m in ar.msg_ids])
         # wait briefly so engines are idle again for the next cell (running items finish)
         concurrent.futures.wait(list(self._inflight), timeout=10)
         for ar in list(self._inflight):
-            chunk, eid = self._inflight.pop(ar)
-            info = self.session.engines.get(eid)
-            if info is not None:
-                info.inflight -= 1
+            _, eid = self._inflight.pop(ar)
+            self.fleet.settle(eid)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

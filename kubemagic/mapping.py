@@ -9,6 +9,13 @@ Chunk sizes follow guided self-scheduling with a time budget: a small probe chun
 then chunks sized to take about ``target_chunk_seconds`` at the measured per-item time, but
 never more than ``remaining / (2 * engines)`` items, so chunks shrink towards the tail and
 a slow item near the end cannot hold a large batch hostage.
+
+Speculation (``speculate=True``, the default) covers the slow *engine* near the end: once
+nothing is pending, an idle engine may get a copy of a straggling chunk
+(:meth:`MapRun.speculative_chunk`, the rule is in :mod:`kubemagic.speculation`). The first
+copy to finish wins and the other is returned by :meth:`MapRun.complete` for the dispatcher
+to abort; a late result from it is dropped like any duplicate. Turn it off for functions
+with side effects, which would run twice for the copied items.
 """
 
 from __future__ import annotations
@@ -17,9 +24,10 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Hashable
 
 from .errors import RemoteItemError, SessionError
+from .speculation import Speculation, StragglerRule
 
 #: sentinel for "no result yet" (None is a valid result)
 _MISSING = object()
@@ -27,12 +35,16 @@ _MISSING = object()
 
 @dataclass
 class Chunk:
-    """A contiguous run of item indices ``[start, stop)`` sent to one engine."""
+    """A contiguous run of item indices ``[start, stop)`` sent to one engine.
+
+    ``speculative`` marks a copy of a straggling chunk (same range, own id).
+    """
 
     id: int
     start: int
     stop: int
     attempt: int = 0
+    speculative: bool = False
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -48,6 +60,8 @@ class Progress:
     elapsed: float
     retried_chunks: int
     state: str  # "running" | "done" | "failed" | "cancelled"
+    speculated: int = 0  # copies of straggling chunks sent
+    speculation_wins: int = 0  # copies that finished while their original still ran
 
     @property
     def rate(self) -> float:
@@ -148,7 +162,11 @@ class ChunkPlanner:
 
 @dataclass
 class MapRun:
-    """State of one map: pending ranges, chunks out, results by item index."""
+    """State of one map: pending ranges, chunks out, results by item index.
+
+    Time comes from ``clock`` (seconds, monotonic), or from ``now`` where a method takes
+    one, so tests can drive speculation without sleeping.
+    """
 
     total: int
     planner: ChunkPlanner
@@ -156,6 +174,9 @@ class MapRun:
     return_exceptions: bool = False
     ordered: bool = True
     item_reprs: Any = None  # callable index -> short repr, for error messages
+    speculate: bool = True
+    clock: Callable[[], float] = field(default=time.monotonic)
+    stragglers: StragglerRule = field(default_factory=StragglerRule)
     _pending: deque = field(default_factory=deque)  # (start, stop, attempt) ranges
     _out: dict[int, Chunk] = field(default_factory=dict)
     _next_id: int = 0
@@ -168,8 +189,10 @@ class MapRun:
     error: BaseException | None = None
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None
+    _spec: Speculation = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._spec = Speculation(self.stragglers)
         self._results = [_MISSING] * self.total
         if self.total:
             self._pending.append((0, self.total, 0))
@@ -186,8 +209,14 @@ class MapRun:
     def active(self) -> bool:
         return self.state == "running"
 
-    def next_chunk(self, engines: int) -> Chunk | None:
-        """Take the next chunk to send, or None if nothing is left to assign."""
+    def next_chunk(self, engines: int, now: float | None = None,
+                   engine: Hashable | None = None) -> Chunk | None:
+        """Take the next chunk to send, or None if nothing is left to assign.
+
+        ``engine`` (any id) is where it goes: with it, a chunk queued behind another on
+        the same engine counts as running only once that one is back, and no engine is
+        offered a copy of its own chunk.
+        """
         if not self.active or not self._pending:
             return None
         start, stop, attempt = self._pending[0]
@@ -196,51 +225,94 @@ class MapRun:
             self._pending.popleft()
         else:
             self._pending[0] = (end, stop, attempt)
-        chunk = Chunk(self._next_id, start, end, attempt)
+        return self._send(Chunk(self._next_id, start, end, attempt), now, engine)
+
+    def speculative_chunk(self, now: float | None = None,
+                          engine: Hashable | None = None) -> Chunk | None:
+        """A copy of the worst straggler for an idle ``engine``, or None.
+
+        Only while nothing is pending (call it after :meth:`next_chunk` returned None, for
+        an engine with nothing in flight), at most one copy per chunk, never a copy of a
+        copy, never for the engine running the original. The copy is outstanding like any
+        chunk: report it with :meth:`complete`, :meth:`lost` or :meth:`release`.
+        """
+        if not (self.speculate and self.active) or self._pending:
+            return None
+        now = self.clock() if now is None else now
+        original = self._spec.straggler(self._out.values(), now, engine)
+        if original is None:
+            return None
+        copy = self._send(Chunk(self._next_id, original.start, original.stop,
+                                original.attempt, speculative=True), now, engine)
+        self._spec.pair(original, copy)
+        return copy
+
+    def _send(self, chunk: Chunk, now: float | None, engine: Hashable | None) -> Chunk:
         self._next_id += 1
         self._out[chunk.id] = chunk
+        self._spec.flights.sent(chunk.id, engine, self.clock() if now is None else now)
         return chunk
 
     def outstanding(self) -> list[Chunk]:
+        """Chunks sent and not yet back: what to abort when the map fails or is cancelled
+        (both copies of a speculated chunk, if both are out)."""
         return list(self._out.values())
 
     # -- outcomes ---------------------------------------------------------------------
-    def complete(self, chunk: Chunk, results: list[Any], seconds: float) -> None:
-        """Record a chunk's results. Items already done (a retried duplicate) are dropped.
+    def complete(self, chunk: Chunk, results: list[Any], seconds: float) -> list[Chunk]:
+        """Record a chunk's results. Items already done (a retried duplicate, the late
+        copy of a speculated chunk) are dropped.
 
-        Raises nothing: a failing item sets ``error`` and ends the map unless
-        ``return_exceptions``; the caller checks ``state``.
+        Returns the chunks this made redundant (the other copy of a speculated chunk, at
+        most one, each returned once): the caller should abort them. Raises nothing: a
+        failing item sets ``error`` and ends the map unless ``return_exceptions``; the
+        caller checks ``state``.
         """
         from .remote import ItemFailure
 
         self._out.pop(chunk.id, None)
+        twin = self._spec.landed(chunk, self.clock(), len(results))
         self.planner.observe(len(results), seconds)
         for offset, value in enumerate(results):
             index = chunk.start + offset
             if self._results[index] is not _MISSING:
-                continue  # duplicate from a chunk that was retried
+                continue  # duplicate from a chunk that was retried or copied
             if isinstance(value, ItemFailure):
                 self.failures += 1
                 err = RemoteItemError(
                     index, self._repr(index), value.ename, value.evalue, value.traceback
                 )
                 if not self.return_exceptions:
-                    self.fail(err)
-                    return
+                    self.fail(err)  # the other copy stays outstanding, to be aborted
+                    return []
                 value = err
             self._results[index] = value
             self._completion_order.append(index)
             self.done += 1
-        if len(results) < len(chunk) and self.active:
-            # a chunk that stopped early (stop_on_error) but without failure: requeue rest
-            self._requeue_range(chunk.start + len(results), chunk.stop, chunk.attempt)
+        redundant = []
+        if len(results) < len(chunk):
+            # stopped early (stop_on_error) but without failure: the rest is still to do,
+            # by the other copy if one runs, else requeued
+            if twin is None and self.active:
+                self._requeue_range(chunk.start + len(results), chunk.stop, chunk.attempt)
+        elif twin is not None:  # its late result or loss will be ignored
+            self._out.pop(twin.id, None)
+            self._spec.landed(twin, self.clock())
+            redundant.append(twin)
+            self._spec.wins += chunk.speculative
         if self.done == self.total and self.active:
             self._finish("done")
+        return redundant
 
     def lost(self, chunk: Chunk, reason: str) -> None:
-        """The engine running ``chunk`` died: requeue it, or fail after ``retries``."""
-        self._out.pop(chunk.id, None)
-        if not self.active:
+        """The engine running ``chunk`` died: requeue it, or fail after ``retries``.
+
+        Nothing to do when the chunk is no longer outstanding (reported already, or made
+        redundant), nor while its other copy still runs: no attempt is used then.
+        """
+        if self._out.pop(chunk.id, None) is None:
+            return
+        if self._spec.landed(chunk, self.clock()) is not None or not self.active:
             return
         if chunk.attempt >= self.retries:
             self.fail(
@@ -256,8 +328,16 @@ class MapRun:
         self._requeue_range(chunk.start, chunk.stop, chunk.attempt + 1)
 
     def release(self, chunk: Chunk) -> None:
-        """Take back a chunk that was never sent (its engine vanished): no attempt used."""
+        """Take back a chunk that was never sent (its engine vanished): no attempt used.
+
+        A copy that never left is not counted, and its original may be copied again.
+        """
         self._out.pop(chunk.id, None)
+        twin = self._spec.landed(chunk, self.clock())
+        if twin is not None:
+            if chunk.speculative:
+                self._spec.withdraw(chunk, twin)
+            return  # the other copy still runs
         if self.active:
             self._requeue_range(chunk.start, chunk.stop, chunk.attempt)
 
@@ -302,7 +382,7 @@ class MapRun:
         end = self.finished or time.perf_counter()
         return Progress(
             self.done, self.total, self.failures, end - self.started, self.retried_chunks,
-            self.state,
+            self.state, self._spec.launched, self._spec.wins,
         )
 
     def results(self) -> list[Any]:

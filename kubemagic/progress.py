@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, Callable, TextIO
 
 from ._kernel import in_kernel
 from .mapping import Progress
 
-if TYPE_CHECKING:
-    from .dispatch import MapHandle
+#: what a display reads: a snapshot of the map, taken whenever it redraws
+ProgressSource = Callable[[], Progress]
 
 
 def format_duration(seconds: float | None) -> str:
@@ -35,6 +35,8 @@ def format_progress(p: Progress) -> str:
     parts.append(f"{p.failures} failed")
     if p.retried_chunks:
         parts.append(f"{p.retried_chunks} chunk(s) retried")
+    if p.speculated:
+        parts.append(f"{p.speculated} chunk(s) speculated")
     return " · ".join(parts)
 
 
@@ -46,9 +48,9 @@ def text_bar(p: Progress, width: int = 30) -> str:
 class TextProgress:
     """A carriage-return text bar for terminals and plain IPython."""
 
-    def __init__(self, handle: "MapHandle", stream: TextIO | None = None,
+    def __init__(self, progress: ProgressSource, stream: TextIO | None = None,
                  interval: float = 0.2) -> None:
-        self.handle = handle
+        self.progress = progress
         self.stream = stream or sys.stderr
         self.interval = interval
         self._last = 0.0
@@ -57,30 +59,30 @@ class TextProgress:
         now = time.monotonic()
         if now - self._last >= self.interval:
             self._last = now
-            self.stream.write("\r" + text_bar(self.handle.progress()))
+            self.stream.write("\r" + text_bar(self.progress()))
             self.stream.flush()
 
     def close(self) -> None:
-        self.stream.write("\r" + text_bar(self.handle.progress()) + "\n")
+        self.stream.write("\r" + text_bar(self.progress()) + "\n")
         self.stream.flush()
 
 
 class WidgetProgress:
     """A compact progress bar widget, for ``KubeCluster.map`` called from code."""
 
-    def __init__(self, handle: "MapHandle") -> None:
+    def __init__(self, progress: ProgressSource, total: int) -> None:
         import ipywidgets as w
         from IPython.display import display
 
-        self.handle = handle
-        total = max(handle.run.total, 1)
+        self.progress = progress
+        total = max(total, 1)
         self.bar = w.IntProgress(value=0, min=0, max=total, description="kubemap")
         self.label = w.HTML()
         self.box = w.HBox([self.bar, self.label])
         display(self.box)
 
     def update(self) -> None:
-        p = self.handle.progress()
+        p = self.progress()
         self.bar.value = p.done
         self.label.value = format_progress(p)
         self.bar.bar_style = {"done": "success", "failed": "danger",
@@ -90,5 +92,6 @@ class WidgetProgress:
         self.update()
 
 
-def progress_display(handle: "MapHandle") -> Any:
-    return WidgetProgress(handle) if in_kernel() else TextProgress(handle)
+def progress_display(progress: ProgressSource, total: int) -> Any:
+    """A widget bar in a notebook kernel, a text bar anywhere else."""
+    return WidgetProgress(progress, total) if in_kernel() else TextProgress(progress)

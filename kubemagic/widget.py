@@ -128,8 +128,8 @@ class SessionWidget(w.VBox):
                 self.engines_table.value = _engines_html(s)
                 if s.last_error:
                     self._say(s.last_error, error=True)
-                elif s.notice:
-                    self._say(s.notice)
+                elif s.scaler.notice:
+                    self._say(s.scaler.notice)
                 elif self._scaling_to is not None and ready == self._scaling_to == s.n:
                     self._say(f"scaled to {ready} engine(s)")
                     self._scaling_to = None

@@ -97,7 +97,7 @@ def kill_engine_process(session: Any, rng: random.Random) -> str:
     if not ready:
         return "no engine to kill"
     eid = rng.choice(ready)
-    info = session.engines.get(eid)
+    info = session.fleet.engines.get(eid)
     try:
         pid = session.client[eid].apply_async(os.getpid).get(timeout=10)
     except Exception as e:  # noqa: BLE001 - it died meanwhile (another kill): count nothing

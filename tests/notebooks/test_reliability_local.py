@@ -55,7 +55,7 @@ def test_engine_killed_mid_map_every_item_exactly_once(kernel):
     ("s.stop(); s.map(slow, [1])", "SessionError", "stopped"),
     ("s.stop(); s.scale(3)", "SessionError", "stopped"),
     ("import threading\ns.push(lock=threading.Lock())", "UsageError", "cannot send"),
-    ("s.map(lambda x: (yield x), [1])", "SessionError", "cannot pickle 'generator'"),
+    ("s.map(lambda x: (yield x), [1])", "RemoteItemError", "item 0 (1) raised TypeError: the result of this item cannot be sent back"),
     ("import threading\ng = threading.Lock()\ns.map(lambda x, g=g: x, [1])", "UsageError",
      "cannot send"),
     ("s.scale(-1)", "UsageError", "at least 0"),

@@ -148,7 +148,7 @@ def test_keys_are_only_in_the_secret(k8s_cluster, secured):
     (only,) = secret.items
     assert [o.kind for o in only.metadata.owner_references] == ["Job"]
     # the copies on the kernel's machine are readable by their owner only
-    files = glob.glob(os.path.join(s._profile_dir, "security", "ipcontroller-*.json"))
+    files = glob.glob(os.path.join(s.controller.profile_dir, "security", "ipcontroller-*.json"))
     assert len(files) == 2, files
     for f in files:
         assert stat.S_IMODE(os.stat(f).st_mode) & 0o077 == 0, f"{f} is readable by others"
@@ -167,7 +167,7 @@ def test_engines_run_as_non_root(k8s_cluster, secured):
 
 
 def _client_info(s: Any) -> dict:
-    (path,) = glob.glob(os.path.join(s._profile_dir, "security", "ipcontroller-*-client.json"))
+    (path,) = glob.glob(os.path.join(s.controller.profile_dir, "security", "ipcontroller-*-client.json"))
     with open(path) as f:
         return json.load(f)
 
@@ -230,7 +230,7 @@ def test_a_client_without_the_curve_key_cannot_submit_work(k8s_cluster, secured)
         assert markers(path) == [False, False], f"a task from a client with {what} ran"
 
     # nor can ipyparallel's own Client connect without the key
-    path = os.path.join(s._profile_dir, "no-curve-client.json")
+    path = os.path.join(s.controller.profile_dir, "no-curve-client.json")
     with open(path, "w") as f:
         json.dump({k: v for k, v in info.items() if k != "curve_serverkey"}, f)
     with pytest.raises((TimeoutError, OSError)):

@@ -1,0 +1,95 @@
+"""Checks of the session's and the map's own arguments, one clear error each.
+
+Shared by the Python API and the magic (which passes its flags straight through), so a
+bad value gets the same message whichever way it arrived.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from .errors import UsageError
+
+
+def check_count(value: Any, what: str, minimum: int = 1) -> int:
+    """A whole number >= ``minimum`` (not a bool, not a float)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{what} must be a whole number, not {value!r}",
+                         fix=f"give an integer >= {minimum}")
+    if value < minimum:
+        raise UsageError(f"{what} must be at least {minimum}, not {value}",
+                         fix=f"give an integer >= {minimum}")
+    return value
+
+
+def check_seconds(value: Any, flag: str, *, zero_ok: bool, fix: str) -> float | None:
+    """A number of seconds (``None``: the default); positive, or >= 0 with ``zero_ok``."""
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or value < 0 or (value == 0 and not zero_ok)):
+        need = "a number of seconds, 0 or more" if zero_ok else "a positive number of seconds"
+        raise UsageError(f"{flag} {value!r} must be {need}", fix=fix)
+    return float(value)
+
+
+def check_chunksize(value: Any) -> int | str:
+    """``"auto"`` or a positive integer (a digit string from the magic counts)."""
+    if value == "auto":
+        return value
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"chunksize must be a positive integer or 'auto', not {value!r}",
+                         fix="use --chunksize auto (the default) or e.g. --chunksize 100")
+    return value
+
+
+def check_names(namespace: dict[Any, Any]) -> dict[str, Any]:
+    """Keys of a push: each must be a Python name, or the engines could not bind it."""
+    for key in namespace:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise UsageError(f"cannot push {key!r}: not a valid Python name",
+                             fix="use identifiers as keys")
+    return namespace
+
+
+def check_code(code: str) -> str:
+    """Code for the engines compiles here first: a syntax error reaches no engine."""
+    try:
+        compile(code, "<kubemagic>", "exec")
+    except SyntaxError as e:
+        raise UsageError(
+            f"syntax error in the code for the engines, line {e.lineno}: {e.msg}",
+            fix="fix the code; nothing was sent to the engines",
+        ) from None
+    return code
+
+
+def materialize(iterables: tuple[Iterable[Any], ...]) -> list[tuple[Any, ...]]:
+    """zip() the iterables into argument tuples.
+
+    A non-iterable, or an iterable that raises while it is consumed (a generator that
+    fails at item 1,234), gets one error naming the argument and the position, instead of
+    the generator's traceback through kubemagic's frames.
+    """
+    iterators = []
+    for i, it in enumerate(iterables):
+        try:
+            iterators.append(iter(it))
+        except TypeError:
+            raise UsageError(
+                f"argument {i + 1} to map is a {type(it).__name__}, which is not iterable",
+                fix="pass a list, range, array or other iterable of items",
+            ) from None
+    args: list[tuple[Any, ...]] = []
+    try:
+        args.extend(zip(*iterators))  # C speed; keeps the rows read before an error
+    except Exception as e:
+        raise UsageError(
+            f"the items could not be read: the iterable raised {type(e).__name__}: {e} "
+            f"while producing item {len(args)}",
+            fix="fix the iterable (the items before it were fine); nothing was sent to "
+            "the engines",
+        ) from e
+    return args
