@@ -25,6 +25,7 @@ from .events import Events, Topic
 from .fleet import Fleet
 from .mapping import Chunk, ChunkPlanner, MapRun, Progress
 from .output import MapOutput
+from .resume import Resume
 from .progress import progress_display
 
 #: chunks in flight per engine: two keep an engine busy while the next result travels
@@ -39,7 +40,8 @@ class MapHandle:
     def __init__(self, fleet: Fleet, events: Events, func: Callable[..., Any],
                  args: list[tuple[Any, ...]], *, chunksize: int | str, ordered: bool,
                  retries: int, timeout: float | None, return_exceptions: bool,
-                 starve_timeout: float, speculate: bool = True) -> None:
+                 starve_timeout: float, speculate: bool = True,
+                 resume: Resume | None = None) -> None:
         self.fleet = fleet
         self.events = events
         self.starve_timeout = starve_timeout
@@ -47,10 +49,12 @@ class MapHandle:
         self.args = args
         self.timeout = timeout
         self.return_exceptions = return_exceptions
+        self.resume = resume
         self.run = MapRun(
             total=len(args), planner=ChunkPlanner(len(args), chunksize), retries=retries,
             return_exceptions=return_exceptions, ordered=ordered,
             item_reprs=lambda i: _short_repr(args[i]), speculate=speculate,
+            item_numbers=resume.todo.__getitem__ if resume else None,
         )
         self._cancel = threading.Event()
         self._finished = threading.Event()
@@ -58,7 +62,7 @@ class MapHandle:
                                         daemon=True)
         self._inflight: dict[Any, tuple[Any, int]] = {}
         #: what the items print: kept whole, and the cell's share printed by result()
-        self.output = MapOutput()
+        self.output = MapOutput(item_numbers=resume.todo.__getitem__ if resume else None)
         self._checked: set[int] = set()  # chunks re-sent to name an unpicklable result
 
     # -- public --------------------------------------------------------------------------
@@ -102,7 +106,8 @@ class MapHandle:
                 display.close()
         if not finished:
             raise TimeoutError(f"map not finished after {timeout} s")
-        return self.run.results()
+        results = self.run.results()
+        return self.resume.merge(results, self.run.ordered) if self.resume else results
 
     # -- the loop (its own thread) ---------------------------------------------------------
     def _dispatch(self) -> None:
@@ -219,6 +224,8 @@ class MapHandle:
                 "usually a name or module the function needs is missing on the "
                 "engines: define it in the cell body, --push it, or import it there"))
         else:
+            if self.resume is not None:
+                self.resume.store_chunk(chunk.start, results, self.output.note)
             for twin in self.run.complete(chunk, results, seconds):
                 self._drop(twin)
 

@@ -174,6 +174,8 @@ class MapRun:
     return_exceptions: bool = False
     ordered: bool = True
     item_reprs: Any = None  # callable index -> short repr, for error messages
+    item_numbers: Any = None  # callable index -> the user's item number (a resumed map
+    #                           runs only the items missing from the cache)
     speculate: bool = True
     clock: Callable[[], float] = field(default=time.monotonic)
     stragglers: StragglerRule = field(default_factory=StragglerRule)
@@ -279,8 +281,9 @@ class MapRun:
                 continue  # duplicate from a chunk that was retried or copied
             if isinstance(value, ItemFailure):
                 self.failures += 1
+                number = index if self.item_numbers is None else self.item_numbers(index)
                 err = RemoteItemError(
-                    index, self._repr(index), value.ename, value.evalue, value.traceback
+                    number, self._repr(index), value.ename, value.evalue, value.traceback
                 )
                 if not self.return_exceptions:
                     self.fail(err)  # the other copy stays outstanding, to be aborted

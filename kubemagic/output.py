@@ -9,11 +9,12 @@ that waits on the map, which prints it into the cell.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import time
-from typing import Any
+from typing import Any, Callable
 
-from .itemlog import OutputLog, TaskOutput
+from .itemlog import Line, OutputLog, TaskOutput
 
 #: lines shown in the cell per map; the rest are kept for ``%kubemap logs --items``
 CELL_LINES = 200
@@ -24,8 +25,11 @@ TRAILING_S = 1.0
 class MapOutput:
     """Output of one map's tasks: polled, tagged, kept, and queued for the cell."""
 
-    def __init__(self, cap: int = CELL_LINES) -> None:
+    def __init__(self, cap: int = CELL_LINES,
+                 item_numbers: Callable[[int], int] | None = None) -> None:
         self.log = OutputLog(cap)
+        #: a resumed map runs a subset of the items: its indices -> the user's numbers
+        self._numbers = item_numbers
         self._tasks: dict[Any, tuple[TaskOutput, int]] = {}
         self._ending: list[Any] = []  # finished tasks whose output may not all be here
         self._cell: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -65,6 +69,10 @@ class MapOutput:
         if notice:
             self._cell.put(notice)
 
+    def note(self, text: str) -> None:
+        """A line from kubemagic itself for the cell (e.g. the cache stopped storing)."""
+        self._cell.put(text)
+
     def take(self) -> list[str]:
         """Lines for the cell since the last call (called by the waiting thread)."""
         lines = []
@@ -77,12 +85,17 @@ class MapOutput:
     def _read(self, ar: Any) -> None:
         task, engine = self._tasks[ar]
         lines = task.feed(engine, "stdout", ar.stdout or "")
-        lines += task.feed(engine, "stderr", ar.stderr or "")
-        for text in self.log.add(lines):
-            self._cell.put(text)
+        self._add(lines + task.feed(engine, "stderr", ar.stderr or ""))
 
     def _close(self, ar: Any) -> None:
         self._read(ar)
         task, _ = self._tasks.pop(ar)
-        for text in self.log.add(task.flush()):
+        self._add(task.flush())
+
+    def _add(self, lines: list[Line]) -> None:
+        if self._numbers is not None:
+            lines = [line if line.index is None else
+                     dataclasses.replace(line, index=self._numbers(line.index))
+                     for line in lines]
+        for text in self.log.add(lines):
             self._cell.put(text)

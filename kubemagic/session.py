@@ -31,6 +31,7 @@ from .events import Events, Topic
 from .fleet import EngineInfo, Fleet
 from .imports import recorded_imports
 from .replay import Entry, ReplayLog
+from .resume import ResultCache, plan
 from .serialize import set_remote_names, use_notebook_pickler
 from .scaling import Scaler
 
@@ -99,7 +100,9 @@ class KubeCluster:
         self.cluster_id = f"km-{uuid.uuid4().hex[:8]}"
         self.state = "created"  # created -> starting -> running -> stopped (or failed)
         self.replay = ReplayLog()
-        self.current_map: MapHandle | None = None
+        #: maps started and not yet seen finished (several may run at once: they share
+        #: the engines, each engine taking chunks from whichever asks first)
+        self.maps: list[MapHandle] = []
         self._events = Events()
         self._loop = shared_loop()
         self.fleet = Fleet(self.replay, self._events, self._loop, report=self._report)
@@ -161,8 +164,8 @@ class KubeCluster:
         self.scaler.stop_watching()
         if self.state == "stopped":
             return
-        if self.current_map is not None:
-            self.current_map.cancel()
+        for handle in self.maps:
+            handle.cancel()
         self._teardown()
         self.state = "stopped"
         self._events.emit(Topic.STATE)
@@ -203,8 +206,7 @@ class KubeCluster:
 
     def _mapping(self) -> bool:
         """Busy for the idle watch: a map runs (or the session is not running)."""
-        return self.state != "running" or (
-            self.current_map is not None and not self.current_map.done())
+        return self.state != "running" or any(not m.done() for m in self.maps)
 
     # -- engines ------------------------------------------------------------------------
     def process_events(self) -> None:
@@ -274,11 +276,15 @@ class KubeCluster:
         timeout: float | None = None,
         return_exceptions: bool = False,
         speculate: bool = True,
+        cache: bool | str | ResultCache | None = None,
     ) -> MapHandle:
-        """Start a load-balanced map and return a handle (``result()``, ``cancel()``).
+        """Start a load-balanced map; return its handle at once (``result()``, ``cancel()``,
+        ``progress()``). Several maps may run at once, sharing the engines.
 
         ``speculate``: run a copy of a straggling chunk on an idle engine near the end
-        (first result wins); turn it off for functions with side effects.
+        (first result wins); turn it off for functions with side effects. ``cache``:
+        ``True`` (the user's cache directory) or a directory keeps every result on disk
+        as it arrives; a re-run, even in a new kernel, computes only what is missing.
         """
         self._require_running()
         if not callable(func):
@@ -286,23 +292,18 @@ class KubeCluster:
         self.scaler.wake()
         if not iterables:
             raise UsageError("map needs at least one iterable", fix="map(func, items)")
-        if self.current_map is not None and not self.current_map.done():
-            raise SessionError(
-                "another map is still running on these engines",
-                fix="wait for it, or cancel it (Stop button / handle.cancel())",
-            )
         if self.n == 0:
             raise SessionError("the fleet is scaled to 0 engines",
                                fix="scale up first: %kubemap scale N (or cluster.scale(N))")
-        args = materialize(iterables)
+        resume, args = plan(cache, func, materialize(iterables), self.replay)
         handle = MapHandle(
             self.fleet, self._events, func, args, chunksize=check_chunksize(chunksize),
             ordered=ordered,
             retries=self.retries if retries is None else check_count(retries, "retries", 0),
             timeout=timeout, return_exceptions=return_exceptions,
-            starve_timeout=self.start_timeout, speculate=speculate,
+            starve_timeout=self.start_timeout, speculate=speculate, resume=resume,
         )
-        self.current_map = handle
+        self.maps = [m for m in self.maps if not m.done()] + [handle]
         handle.start()
         self._events.emit(Topic.MAP)
         return handle
@@ -317,6 +318,11 @@ class KubeCluster:
         """
         handle = self.map_async(func, *iterables, **kwargs)
         return handle.result(progress=progress)
+
+    @property
+    def current_map(self) -> MapHandle | None:
+        """The map started last (running or not)."""
+        return self.maps[-1] if self.maps else None
 
     # -- observation ----------------------------------------------------------------------
     def add_listener(self, callback: Callable[[Topic], None]) -> None:
@@ -344,6 +350,7 @@ class KubeCluster:
             "engines": self.engine_states() if self.controller.client is not None else [],
             "replay": self.replay.summary(),
             "map": self.current_map.progress().__dict__ if self.current_map else None,
+            "running_maps": sum(not m.done() for m in self.maps),
             "last_error": self.last_error,
             "notice": self.scaler.notice,
         }

@@ -1,4 +1,4 @@
-"""Straggler speculation on real local engines: a copy of a stuck chunk wins, once."""
+"""The dispatcher on real local engines: speculation on stragglers, maps side by side."""
 
 from __future__ import annotations
 
@@ -48,3 +48,16 @@ def test_speculation_off_waits_for_the_original(session, tmp_path):
         handle.result(timeout=5)
     handle.cancel()
     assert handle.progress().speculated == 0
+
+
+def test_two_maps_run_at_once_on_the_same_engines(session):
+    def nap(x):
+        import time
+        time.sleep(0.05)
+        return x
+
+    a = session.map_async(nap, range(40))
+    b = session.map_async(lambda x: -x, range(40))
+    assert b.result(timeout=60) == [-x for x in range(40)]
+    assert a.result(timeout=60) == list(range(40))
+    assert session.status()["running_maps"] == 0
