@@ -29,7 +29,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kubemagic.dispatch import PIPELINE  # noqa: E402
-from kubemagic.mapping import ChunkPlanner, MapRun  # noqa: E402
+from kubemagic.chunking import ChunkPlanner  # noqa: E402
+from kubemagic.mapping import MapRun  # noqa: E402
 
 
 def simulate(planner_cls: type, durations: list[float], engines: int = 2,

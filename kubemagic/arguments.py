@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from .config import settings
 from .errors import UsageError
 
 
@@ -31,6 +32,25 @@ def check_seconds(value: Any, flag: str, *, zero_ok: bool, fix: str) -> float | 
         need = "a number of seconds, 0 or more" if zero_ok else "a positive number of seconds"
         raise UsageError(f"{flag} {value!r} must be {need}", fix=fix)
     return float(value)
+
+
+def check_session(n: Any, retries: Any, start_timeout: Any, idle_timeout: Any
+                  ) -> tuple[int, float | None, float | None]:
+    """A new session's own arguments, with the administrator's defaults and limits
+    (:mod:`kubemagic.config`): the engine count, start timeout and idle timeout."""
+    site = settings()
+    target = check_count(site.defaults.default_engines if n is None else n, "n")
+    site.check_engines(target)
+    start = check_seconds(
+        start_timeout, "--start-timeout", zero_ok=False,
+        fix="pass e.g. --start-timeout 120 (or leave it out for the backend default)")
+    if retries is not None:
+        check_count(retries, "retries", minimum=0)
+    idle = check_seconds(
+        site.defaults.idle_timeout if idle_timeout is None else idle_timeout,
+        "--idle-timeout", zero_ok=True,
+        fix="e.g. --idle-timeout 1800 (0 keeps idle engines for ever)")
+    return target, start, idle
 
 
 def check_chunksize(value: Any) -> int | str:

@@ -23,7 +23,8 @@ from ._loop import wait_until
 from .errors import KubemagicError, SessionError, StartupError, UsageError
 from .events import Events, Topic
 from .fleet import Fleet
-from .mapping import Chunk, ChunkPlanner, MapRun, Progress
+from .chunking import ChunkPlanner
+from .mapping import Chunk, MapRun, Progress
 from .output import MapOutput
 from .resume import Resume
 from .progress import progress_display

@@ -22,7 +22,7 @@ import ipyparallel as ipp
 from . import controller
 from ._loop import shared_loop
 from .arguments import (check_chunksize, check_code, check_count, check_names,
-                        check_seconds, materialize)
+                        check_session, materialize)
 from .backends import BackendSpec, make_backend_spec
 from .config import settings
 from .dispatch import MapHandle
@@ -76,18 +76,8 @@ class KubeCluster:
         idle_timeout: float | None = None,
         **options: Any,
     ) -> None:
-        site = settings()
-        target = check_count(site.defaults.default_engines if n is None else n, "n")
-        site.check_engines(target)
-        start_timeout = check_seconds(
-            start_timeout, "--start-timeout", zero_ok=False,
-            fix="pass e.g. --start-timeout 120 (or leave it out for the backend default)")
-        if retries is not None:
-            check_count(retries, "retries", minimum=0)
-        idle_timeout = check_seconds(
-            site.defaults.idle_timeout if idle_timeout is None else idle_timeout,
-            "--idle-timeout", zero_ok=True,
-            fix="e.g. --idle-timeout 1800 (0 keeps idle engines for ever)")
+        target, start_timeout, idle_timeout = check_session(
+            n, retries, start_timeout, idle_timeout)
         # last of the checks: a Kubernetes spec claims controller ports (see k8s/ports.py)
         self.spec: BackendSpec = make_backend_spec(backend, **options)
         self.backend = self.spec.name

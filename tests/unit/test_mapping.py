@@ -7,7 +7,8 @@ import random
 import pytest
 
 from kubemagic.errors import RemoteItemError, SessionError
-from kubemagic.mapping import ChunkPlanner, MapRun
+from kubemagic.chunking import ChunkPlanner
+from kubemagic.mapping import MapRun
 from kubemagic.remote import ItemFailure
 
 

@@ -10,7 +10,8 @@ import random
 import pytest
 
 from kubemagic.errors import RemoteItemError, SessionError
-from kubemagic.mapping import Chunk, ChunkPlanner, MapRun
+from kubemagic.chunking import ChunkPlanner
+from kubemagic.mapping import Chunk, MapRun
 from kubemagic.remote import ItemFailure
 from kubemagic.speculation import Flights, StragglerRule
 
