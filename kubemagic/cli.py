@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
+from .backends import FLAG_GROUP, backend_choices, given_options, option_flags
 from .errors import KubemagicError
 
 #: numbers per demo item: each item walks the Collatz chains of one block of numbers
@@ -45,11 +46,6 @@ def collatz_block(block: int) -> tuple[int, int]:
     return best_start, best_steps
 
 
-def _k8s_options(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("image", "namespace", "controller_address", "kubeconfig", "context")
-    return {k: getattr(args, k) for k in names if getattr(args, k, None)}
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start engines, map :func:`collatz_block` over ``--items`` blocks, stop, report."""
     from . import KubeCluster
@@ -68,7 +64,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     serial_per_item = (time.perf_counter() - t) / max(len(sample), 1)
 
     t0 = time.perf_counter()
-    cluster = KubeCluster(n=args.engines, backend=args.backend, **_k8s_options(args))
+    cluster = KubeCluster(n=args.engines, backend=args.backend, **given_options(args))
     try:
         cluster.start()
         t_start = time.perf_counter() - t0
@@ -110,7 +106,7 @@ def cmd_rbac(argv: Sequence[str]) -> int:
 
 # -- doctor, ls, clean -----------------------------------------------------------------------
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import run_doctor
+    from .k8s.doctor import run_doctor
 
     return run_doctor(
         namespace=args.namespace, image=args.image, service_account=args.service_account,
@@ -120,7 +116,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from .k8s_admin import list_jobs, print_jobs
+    from .k8s.admin import list_jobs, print_jobs
 
     rows = list_jobs(namespace=args.namespace, kubeconfig=args.kubeconfig,
                      context=args.context, all_namespaces=args.all_namespaces)
@@ -129,7 +125,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from .k8s_admin import clean
+    from .k8s.admin import clean
 
     return clean(namespace=args.namespace, kubeconfig=args.kubeconfig, context=args.context,
                  dry_run=args.dry_run, all_owners=args.all_owners, owner=args.owner,
@@ -137,6 +133,14 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 # -- parser ----------------------------------------------------------------------------------
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    """Every engine option of every backend, spelled as in the magic (declared by the
+    backends: :func:`kubemagic.backends.option_flags`)."""
+    group = p.add_argument_group(*FLAG_GROUP)
+    for flag in option_flags():
+        group.add_argument(*flag.args, **flag.kwargs)
+
+
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--namespace", "-N", default=None,
                    help="namespace (default: the pod's, else the kubeconfig context's)")
@@ -163,12 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--engines", "-n", type=_positive_int, default=2, help="engines (default 2)")
     demo.add_argument("--items", type=_positive_int, default=400,
                       help="items to map (default 400)")
-    demo.add_argument("--backend", choices=["local", "kubernetes", "auto"], default="local",
+    demo.add_argument("--backend", choices=backend_choices(), default="local",
                       help="where engines run (default local)")
-    demo.add_argument("--image", default=None, help="[kubernetes] engine image")
-    demo.add_argument("--controller-address", default=None,
-                      help="[kubernetes] address engine pods use to reach this process")
-    _add_cluster_args(demo)
+    _add_engine_args(demo)
     demo.set_defaults(func=cmd_demo)
 
     sub.add_parser("rbac", add_help=False,

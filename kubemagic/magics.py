@@ -27,16 +27,43 @@ from typing import Any
 
 from IPython.core.error import UsageError as IPythonUsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import (
+    argument,
+    argument_group,
+    magic_arguments,
+    parse_argstring,
+)
 
 from . import session as session_mod
 from ._kernel import in_kernel
+from .backends import (
+    AUTO,
+    FLAG_GROUP,
+    backend_choices,
+    fleet_conflicts,
+    given_options,
+    option_flags,
+)
 from .errors import SessionError, UsageError, as_flags
 from .magicline import literal_string, split_func_iterable, split_options
 
-#: options that describe the fleet; if given, they must match the running session
-_FLEET_OPTIONS = ("backend", "image", "namespace", "cpu", "memory", "gpu",
-                  "controller_address")
+
+def engine_options(func: Any) -> Any:
+    """Add the backends' engine options to a magic, as a group of its own (like
+    ipyparallel's option-group decorators): a backend's new option needs no edit here."""
+    for flag in reversed(option_flags()):  # IPython builds the parser bottom-up
+        func = argument(*flag.args, **flag.kwargs)(func)
+    return argument_group(*FLAG_GROUP)(func)
+
+
+def line_engine_options(args: Any) -> dict[str, Any]:
+    """The engine options a parsed line gives. A quoted value is the text inside the quotes:
+    IPython keeps them, and JSON has spaces (``--pod-overrides '{"hostIPC": false}'``)."""
+    options = given_options(args)
+    for name, value in options.items():
+        text = literal_string(value) if isinstance(value, str) else None
+        options[name] = value if text is None else text
+    return options
 
 
 @magics_class
@@ -49,7 +76,7 @@ class KubeMagics(Magics):
     @argument("-n", "--engines", type=int, default=None,
               help="number of engines (default 2, or the admin's c.Kubemagic.default_engines, for "
                    "a new session; scales a running one)")
-    @argument("--backend", default=None, choices=["auto", "local", "kubernetes"],
+    @argument("--backend", default=None, choices=backend_choices(),
               help="where engines run (default auto: Kubernetes if configured, else local)")
     @argument("--push", default="", help="comma-separated names to send to every engine")
     @argument("--out", default=None, help="store the result list in this variable")
@@ -66,13 +93,7 @@ class KubeMagics(Magics):
     @argument("--idle-timeout", type=float, default=None,
               help="seconds without a map before a new session's engines are scaled to zero "
                    "(0: never; default 1800 on Kubernetes, off locally)")
-    @argument("--image", default=None, help="[kubernetes] engine image")
-    @argument("--namespace", default=None, help="[kubernetes] namespace for the Job")
-    @argument("--cpu", default=None, help="[kubernetes] CPU per engine, e.g. 500m or 2")
-    @argument("--memory", default=None, help="[kubernetes] memory per engine, e.g. 1Gi")
-    @argument("--gpu", type=int, default=None, help="[kubernetes] nvidia.com/gpu per engine")
-    @argument("--controller-address", default=None,
-              help="[kubernetes] address engines use to reach the controller")
+    @engine_options
     @line_cell_magic
     def kubemap(self, line: str, cell: str | None = None) -> Any:
         """Map a function over items on ipyparallel engines (local or Kubernetes pods).
@@ -223,15 +244,15 @@ class KubeMagics(Magics):
 
     def _session(self, args: Any) -> session_mod.KubeCluster:
         """The kernel's session: reuse it, scale it if -n differs, or start one."""
-        options = {k: getattr(args, k) for k in _FLEET_OPTIONS if getattr(args, k) is not None}
+        options = line_engine_options(args)
+        backend = args.backend or AUTO
         if args.engines is not None and args.engines < 1:
             raise UsageError(f"-n/--engines must be at least 1, not {args.engines}",
                              fix="e.g. -n 4 (to park the fleet without engines: %kubemap scale 0)")
         existing = session_mod.current()
         if existing is not None and existing.state == "running":
-            conflicts = [k for k, v in options.items()
-                         if (k == "backend" and v not in ("auto", existing.backend))
-                         or (k != "backend" and existing.options.get(k) != v)]
+            conflicts = ["backend"] if backend not in (AUTO, existing.backend) else []
+            conflicts += fleet_conflicts(existing.backend, existing.options, options)
             if conflicts:
                 raise SessionError(
                     f"the running engines were started with different {as_flags(conflicts)}",
@@ -241,7 +262,6 @@ class KubeMagics(Magics):
             if args.engines is not None and args.engines != existing.n:
                 existing.scale(args.engines)
             return existing
-        backend = options.pop("backend", "auto")
         return session_mod.current(
             create=True, n=args.engines, backend=backend,
             retries=args.retries, start_timeout=args.start_timeout,

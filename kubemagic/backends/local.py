@@ -13,48 +13,55 @@ import os
 import signal
 import sys
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from ipyparallel.cluster.launcher import LocalEngineLauncher, LocalEngineSetLauncher
 from traitlets import default
 
 from .._guard import PARENT_PID_ENV
-from ..errors import UsageError, as_flags
-from . import ENGINE_INDEX_ENV, BackendSpec
+from . import (
+    ENGINE_INDEX_ENV,
+    Backend,
+    BackendSpec,
+    layer_values,
+    option,
+    parse_key_values,
+    parse_options_of,
+)
 
 #: ``python -m kubemagic._guard ipyparallel.engine`` — ipengine, tied to the kernel's life
 GUARDED_ENGINE_CMD = [sys.executable, "-m", "kubemagic._guard", "ipyparallel.engine"]
+#: variables the launcher sets for every engine: a user's value would be overwritten
+RESERVED_ENV = frozenset({ENGINE_INDEX_ENV, PARENT_PID_ENV})
 
-#: options that only mean something on Kubernetes; given with the local backend they are
-#: almost certainly a mistake (the user expected pods), so they are refused, not ignored
-_KUBERNETES_ONLY = {
-    "image", "namespace", "cpu", "memory", "gpu", "node_selector", "tolerations",
-    "service_account", "image_pull_policy", "pod_overrides", "controller_address",
-    "port_range", "active_deadline_seconds", "kubeconfig", "context",
-}
+
+def _env(value: Any) -> dict[str, str]:
+    return parse_key_values("env", value, env_names=True, reserved=RESERVED_ENV)
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """The local backend's options, declared once (see :func:`kubemagic.backends.option`).
+
+    Any option of another backend is refused by name (the user expected pods, say), not
+    ignored.
+    """
+
+    env: dict[str, str] = option(
+        parse=_env, help="extra environment variables of the engines",
+        metavar="NAME=VALUE[,...]", layer="launcher", default={}, target="environment",
+    )
 
 
 def local_backend(**options: Any) -> BackendSpec:
-    """The spec for local engines. Accepts ``env`` (extra engine environment) only."""
-    wrong = sorted(k for k, v in options.items() if k in _KUBERNETES_ONLY and v)
-    if wrong:
-        raise UsageError(
-            f"{as_flags(wrong)} only apply to engines on Kubernetes, but the backend is local",
-            fix="add --backend kubernetes (and make a kubeconfig or in-cluster config "
-            "available), or drop those options",
-        )
-    unknown = sorted(k for k in options if k not in _KUBERNETES_ONLY and k != "env")
-    if unknown:
-        raise UsageError(
-            f"unknown option(s) {', '.join(unknown)} for the local backend",
-            fix="see help(kubemagic.KubeCluster) for the accepted options",
-        )
-    env = {str(k): str(v) for k, v in (options.get("env") or {}).items()}
+    """The spec for local engines; ``options`` are :class:`LocalOptions`' fields."""
+    opts = parse_options_of(LocalOptions, "local", options)
     return BackendSpec(
         name="local",
         engine_launcher_class=ScalableLocalEngineSetLauncher,
         config={
-            "ScalableLocalEngineSetLauncher": {"environment": env},
+            "ScalableLocalEngineSetLauncher": layer_values(opts, "launcher"),
             # engines start at once and read the connection file themselves, so their
             # imports overlap the controller's boot; kubemagic._guard makes them wait
             # until the controller has written the whole file
@@ -67,6 +74,14 @@ def local_backend(**options: Any) -> BackendSpec:
         default_retries=1,  # an OOM-killed local engine costs a retry, not the map
         start_timeout=60.0,
     )
+
+
+#: the ``local`` entry point of ``kubemagic.backends``: always available, ``auto``'s last
+#: choice
+BACKEND = Backend(
+    where="this machine", options=LocalOptions, make_spec=local_backend,
+    available=lambda: True, advice="add --backend local", auto_rank=0,
+)
 
 
 class ScalableLocalEngineSetLauncher(LocalEngineSetLauncher):

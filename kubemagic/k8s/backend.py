@@ -15,7 +15,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from traitlets.config import Config
 
-from ..backends import BackendSpec
+from ..backends import BackendSpec, layer_values
 from ..config import settings
 from ..errors import PermissionDenied, UsageError
 from . import incluster
@@ -27,6 +27,9 @@ from .ports import claim_port_window
 
 #: Retries of a chunk whose engine died: pods get evicted and preempted.
 DEFAULT_RETRIES = 2
+#: Seconds the session waits for engines when the cell gives no --start-timeout: pulling
+#: an image and scheduling pods take longer than starting processes.
+DEFAULT_START_TIMEOUT = 120.0
 #: ``$KUBEMAGIC_CONTROLLER_ADDRESS`` overrides address detection (e.g. set once per hub).
 ADDRESS_ENV = "KUBEMAGIC_CONTROLLER_ADDRESS"
 
@@ -66,7 +69,7 @@ def kubernetes_backend(**options: Any) -> BackendSpec:
         controller_args=[f"--IPController.ports={ports[0]}-{ports[-1]}"],
         curve=opts.curve,
         default_retries=DEFAULT_RETRIES,
-        start_timeout=opts.start_timeout,
+        start_timeout=DEFAULT_START_TIMEOUT,
         release_ports=claim.release,
     )
 
@@ -111,28 +114,9 @@ def resolve_controller_address(opts: KubernetesOptions) -> str:
 
 
 def _launcher_config(opts: KubernetesOptions, namespace: str) -> dict[str, Any]:
-    """Options as ``KubernetesEngineSetLauncher`` traits (unset ones left at their defaults)."""
-    config: dict[str, Any] = {
-        "namespace": namespace,
-        "gpu": opts.gpu,
-        "run_as_user": opts.run_as_user,
-        "node_selector": dict(opts.node_selector),
-        "tolerations": list(opts.tolerations),
-        "environment": dict(opts.env),
-        "pod_overrides": dict(opts.pod_overrides),
-    }
-    optional = {
-        "image": opts.image,
-        "cpu": opts.cpu,
-        "memory": opts.memory,
-        "service_account": opts.service_account,
-        "image_pull_policy": opts.image_pull_policy,
-        "active_deadline_seconds": opts.active_deadline_seconds,
-        "kubeconfig": opts.kubeconfig,
-        "context": opts.context,
-    }
-    config.update({k: v for k, v in optional.items() if v is not None})
-    return config
+    """The options the launcher carries, as ``KubernetesEngineSetLauncher`` traits (see
+    :mod:`.launcher_config`), with the namespace resolved."""
+    return {**layer_values(opts, "launcher", "manifest"), "namespace": namespace}
 
 
 def check_job_schema(launcher: KubernetesEngineSetLauncher, image: str) -> None:

@@ -103,31 +103,13 @@ class Api:
         finally:
             response.release_conn()
 
-    @staticmethod
-    def read_json(response: Any) -> Any:
-        """Decode a typed-client response fetched with ``_preload_content=False``."""
-        return json.loads(response.data)
-
-    # The typed API groups, for code that prefers them (``kubemagic doctor``, ``clean``).
-    # Built on first use only: their import is the cost :meth:`request` avoids.
-
     @cached_property
     def core(self) -> Any:
+        """The typed core API, for scripts that want typed objects (the chaos tests' pod
+        killer). kubemagic itself uses :meth:`request`: this import is the cost it avoids."""
         from kubernetes.client import CoreV1Api
 
         return CoreV1Api(self.api_client)
-
-    @cached_property
-    def batch(self) -> Any:
-        from kubernetes.client import BatchV1Api
-
-        return BatchV1Api(self.api_client)
-
-    @cached_property
-    def authorization(self) -> Any:
-        from kubernetes.client import AuthorizationV1Api
-
-        return AuthorizationV1Api(self.api_client)
 
 
 def connect(kubeconfig: str | None = None, context: str | None = None) -> Api:
@@ -230,17 +212,24 @@ def permission_denied(
     message = f"Kubernetes permission denied: {user or 'we'} may not {what} in namespace {ns!r}"
     if detail:
         message += f" (API server: {detail})"
-    account = re.fullmatch(r"system:serviceaccount:([^:]+):(.+)", user or "")
+    account = service_account_of(user)
     rbac = f"kubemagic rbac --namespace {ns}"
     if account:
-        rbac += f" --service-account {account[2]}"
-        if account[1] != ns:
-            rbac += f" --service-account-namespace {account[1]}"
+        rbac += f" --service-account {account[1]}"
+        if account[0] != ns:
+            rbac += f" --service-account-namespace {account[0]}"
     return PermissionDenied(
         message,
         fix=f"ask an admin to apply the least-privilege Role kubemagic needs: `{rbac} | "
         "kubectl apply -f -`; or choose a namespace you may use with --namespace",
     )
+
+
+def service_account_of(user: str | None) -> tuple[str, str] | None:
+    """``(namespace, name)`` when the API user is a service account, else None: fixes for a
+    service account name it in ``kubemagic rbac --service-account``."""
+    match = re.fullmatch(r"system:serviceaccount:([^:]+):(.+)", user or "")
+    return (match[1], match[2]) if match else None
 
 
 def _quoted_user(detail: str) -> str | None:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .manifests import EXIT_CONTROLLER_GONE, EXIT_TERMINATED
-from .podstate import PodState, pod_state, slot_states
+from .podstate import PodState, job_end, pod_state, slot_states
 
 #: Engine log lines that show how far registration got (ipyparallel 9.2 wording).
 _REGISTERING = "Registering with controller at"
@@ -138,10 +138,9 @@ def explain(
     if job is None:
         lines.append("  The Job no longer exists (stopped, or failed and removed by its ttl).")
     else:
-        for cond in (job.get("status") or {}).get("conditions") or []:
-            if cond.get("type") in ("Failed", "FailureTarget") and cond.get("status") == "True":
-                lines.append(f"  Job failed — {cond.get('reason')}: {cond.get('message')}")
-                break
+        end = job_end(job)
+        if end is not None and end.failed:
+            lines.append(f"  Job failed — {end.reason}: {end.message}")
         if (job.get("spec") or {}).get("suspend"):
             lines.append("  The Job is suspended (scaled to 0 engines).")
 

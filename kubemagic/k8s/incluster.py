@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # the kubernetes client is slow to import; --backend auto mus
     from .client import Api
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+#: Overrides controller address detection (e.g. set once for every user of a hub).
+CONTROLLER_ADDRESS_ENV = "KUBEMAGIC_CONTROLLER_ADDRESS"
 
 #: Downward-API variable names seen in the wild (z2jh sets none of them; kubemagic's own
 #: docs suggest KUBEMAGIC_POD_*).
@@ -214,6 +216,21 @@ def route_source_address(host: str) -> str | None:
         return None
 
 
+def controller_address(
+    explicit: str | None = None, kubeconfig: str | None = None, context: str | None = None
+) -> str | None:
+    """Where engines connect to the kernel: ``explicit`` (``--controller-address``), else
+    ``$KUBEMAGIC_CONTROLLER_ADDRESS``, else :func:`detect_controller_address`; None when
+    none of them answers. Judging the answer (loopback, missing) is the caller's: the
+    backend refuses it, ``kubemagic doctor`` tests it with a real pod.
+    """
+    return (
+        explicit
+        or os.environ.get(CONTROLLER_ADDRESS_ENV)
+        or detect_controller_address(kubeconfig, context)
+    )
+
+
 def detect_controller_address(
     kubeconfig: str | None = None, context: str | None = None
 ) -> str | None:
@@ -249,13 +266,26 @@ def _is_ip(text: str) -> bool:
 
 
 def is_loopback(host: str) -> bool:
-    """True for "", ``localhost`` and loopback addresses — places pods cannot reach the
-    kernel at. Names are resolved here; an unresolvable name is given the benefit of the
-    doubt (cluster DNS may know it)."""
-    if not host:
+    """True for "", ``localhost`` and every name or address that is loopback here — places
+    engine pods cannot reach the kernel at.
+
+    A name that does not resolve on this machine is *not* loopback: the kernel may be
+    given a name only the cluster's DNS knows (a Service, a pod's DNS name), and refusing
+    it would block a working setup, while a wrong name still fails visibly (engines do not
+    register; ``kubemagic doctor``'s test pod names the port it could not reach). Names
+    under ``localhost`` are the exception: loopback by definition (RFC 6761), whatever
+    this machine's resolver says. A name is loopback only if all its addresses are.
+    """
+    name = host.strip().rstrip(".").lower()
+    if not name or name == "localhost" or name.endswith(".localhost"):
         return True
+    if _is_ip(name):
+        return ipaddress.ip_address(name).is_loopback
     try:
-        address = host if _is_ip(host) else socket.gethostbyname(host)
-    except OSError:
+        infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
         return False
-    return ipaddress.ip_address(address).is_loopback
+    addresses = {info[4][0] for info in infos}
+    return bool(addresses) and all(
+        ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses
+    )

@@ -24,7 +24,6 @@ import json
 import os
 import signal as signals
 import time
-from textwrap import indent
 from typing import Any
 
 from ipyparallel.cluster.launcher import (
@@ -33,110 +32,28 @@ from ipyparallel.cluster.launcher import (
     NotRunning,
     ProcessStateError,
 )
-from traitlets import Bool, Dict, Integer, List, Unicode, default
 
+from ..backends import layer_values
 from ..errors import SessionError, UsageError
 from . import incluster, manifests
 from .client import Api, api_call, connect, is_not_found, namespaced
-from .diagnose import explain, refusal
-from .options import KubernetesOptions, parse_options
-from .podstate import pod_state, slot_states
-from .watch import JobMirror
+from .jobview import JobObserver
+from .launcher_config import LauncherConfig
+from .options import KubernetesOptions
 
 _MERGE_PATCH = "application/merge-patch+json"
-#: At most this many pods are asked for events/logs by :meth:`diagnose` (it must stay fast
-#: with 100 identical Pending pods).
-_DIAGNOSE_PODS = 5
 
 
-class KubernetesEngineSetLauncher(EngineLauncher):
-    """Launch ``n`` ipyparallel engines as an Indexed Kubernetes Job, and resize it."""
+class KubernetesEngineSetLauncher(JobObserver, LauncherConfig, EngineLauncher):
+    """Launch ``n`` ipyparallel engines as an Indexed Kubernetes Job, and resize it.
+
+    Its configuration (one trait per engine option, see :mod:`.launcher_config`) and what
+    it observes of the Job (:mod:`.jobview`) live in its base classes.
+    """
 
     entrypoint_name = "kubernetes"
 
-    # -- configuration (traitlets; kubemagic's backend fills these from its options) --
-
-    image = Unicode(
-        "",
-        config=True,
-        help="Engine image. Default: $JUPYTER_IMAGE_SPEC, $JUPYTER_IMAGE, or the image of "
-        "the kernel's own pod; it must have kubemagic installed (python -m kubemagic.k8s.engine).",
-    )
-    namespace = Unicode(
-        "",
-        config=True,
-        help="Namespace of the Job. Default: the service account's namespace in a pod, "
-        "else the kubeconfig context's, else 'default'.",
-    ).tag(to_dict=True)
-    cpu = Unicode("", config=True, help="CPU request per engine (e.g. '2', '500m').")
-    memory = Unicode("", config=True, help="Memory request and limit per engine (e.g. '2Gi').")
-    gpu = Integer(0, config=True, help="nvidia.com/gpu limit per engine.")
-    node_selector = Dict(config=True, help="nodeSelector of the engine pods.")
-    tolerations = List(
-        Dict(), config=True, help="Tolerations of the engine pods (Kubernetes dicts)."
-    )
-    service_account = Unicode(
-        "",
-        config=True,
-        help="Service account of the engine pods (its token is mounted); default none, "
-        "and no token.",
-    )
-    image_pull_policy = Unicode("", config=True, help="Always, IfNotPresent or Never.")
-    pod_overrides = Dict(
-        config=True,
-        help="Partial pod spec deep-merged last into the engine pods' spec "
-        "('metadata' patches the pod template's metadata).",
-    )
-    run_as_user = Integer(
-        1000,
-        allow_none=True,
-        config=True,
-        help="Run engines as this non-root uid; None keeps the image's user.",
-    )
-    active_deadline_seconds = Integer(
-        0, config=True, help="Fail the Job after this many seconds (0: never)."
-    )
-    backoff_limit_per_index = Integer(
-        100,
-        config=True,
-        help="Crashes of one engine slot tolerated before that slot stays down "
-        "(evictions and deletions do not count).",
-    )
-    termination_grace_period_seconds = Integer(
-        5, config=True, help="Seconds an engine pod gets between SIGTERM and SIGKILL."
-    )
-    kubeconfig = Unicode(
-        "", config=True, help="Kubeconfig file (default: in-cluster config, else $KUBECONFIG)."
-    ).tag(to_dict=True)
-    context = Unicode("", config=True, help="Kubeconfig context.").tag(to_dict=True)
-    owner_reference_to_kernel_pod = Bool(
-        True,
-        config=True,
-        help="When the kernel runs in a pod of the same namespace, make that pod own the "
-        "Job, so deleting the notebook server deletes its engines.",
-    )
-    engine_cmd = List(
-        ["python", "-m", "kubemagic.k8s.engine"],
-        config=True,
-        help="Command of the engine container (its arguments are engine_args).",
-    )
-
-    # -- state persisted by ipyparallel's cluster file --
-
-    job_name = Unicode("").tag(to_dict=True)
-    job_uid = Unicode("").tag(to_dict=True)
-    #: where engines register (tcp://address:port), quoted by diagnostics
-    controller_url = Unicode("").tag(to_dict=True)
-
-    @default("namespace")
-    def _default_namespace(self) -> str:
-        return incluster.default_namespace(self.kubeconfig or None, self.context or None)
-
-    # ---------------------------------------------------------------------------------
-
     _api: Api | None = None
-    _mirror: JobMirror | None = None
-    _stopping = False
 
     def find_args(self) -> list[str]:
         return list(self.engine_cmd) + list(self.engine_args)
@@ -151,23 +68,6 @@ class KubernetesEngineSetLauncher(EngineLauncher):
     @api.setter
     def api(self, api: Api) -> None:
         self._api = api
-
-    def options(self) -> KubernetesOptions:
-        """The launcher's configuration, checked like the magic's flags (same errors)."""
-        return parse_options(
-            image=self.image or None,
-            namespace=self.namespace or None,
-            cpu=self.cpu or None,
-            memory=self.memory or None,
-            gpu=self.gpu,
-            node_selector=self.node_selector,
-            tolerations=self.tolerations,
-            service_account=self.service_account or None,
-            image_pull_policy=self.image_pull_policy or None,
-            pod_overrides=self.pod_overrides,
-            active_deadline_seconds=self.active_deadline_seconds or None,
-            run_as_user=self.run_as_user,
-        )
 
     # -- start ----------------------------------------------------------------------------
 
@@ -275,19 +175,10 @@ class KubernetesEngineSetLauncher(EngineLauncher):
             n=self.n,
             secret_name=self.job_name,
             env=self._pod_env(),
-            cpu=options.cpu,
-            memory=options.memory,
-            gpu=options.gpu,
-            node_selector=options.node_selector,
-            tolerations=options.tolerations,
-            service_account=options.service_account,
-            image_pull_policy=options.image_pull_policy,
-            run_as_user=options.run_as_user,
-            active_deadline_seconds=options.active_deadline_seconds,
             backoff_limit_per_index=self.backoff_limit_per_index,
             termination_grace_period_seconds=self.termination_grace_period_seconds,
             owner=owner,
-            pod_overrides=options.pod_overrides,
+            **layer_values(options, "manifest"),
         )
 
     def _labels(self) -> dict[str, str]:
@@ -322,46 +213,6 @@ class KubernetesEngineSetLauncher(EngineLauncher):
 
     def _jobs(self, name: str = "") -> str:
         return namespaced(self.namespace, "jobs", name, group="batch/v1")
-
-    def _watch(self) -> None:
-        self._mirror = JobMirror(self.api, self.namespace, self.job_name, self._job_changed)
-        self._mirror.start()
-
-    def _job_changed(self, job: dict[str, Any] | None) -> None:
-        """Watch thread: the Job changed or vanished. A failed, completed or deleted Job
-        means the engines are gone: tell ipyparallel (on its loop) unless we are stopping."""
-        if self._stopping or self.state != "running":
-            return
-        stop_data: dict[str, Any] | None = None
-        if job is None:
-            stop_data = {"exit_code": 1, "reason": f"Job {self.job_name} was deleted"}
-        else:
-            for cond in (job.get("status") or {}).get("conditions") or []:
-                if cond.get("status") != "True":
-                    continue
-                if cond.get("type") == "Failed":
-                    stop_data = {
-                        "exit_code": self._failure_exit_code(),
-                        "reason": f"{cond.get('reason')}: {cond.get('message')}",
-                    }
-                elif cond.get("type") == "Complete":
-                    stop_data = {"exit_code": 0, "reason": "all engines exited"}
-        if stop_data is not None:
-            stop_data["identifier"] = self.job_name
-            try:
-                self.loop.add_callback(self.notify_stop, stop_data)
-            except RuntimeError:  # that loop is closed (a finished *_sync call): tell now
-                self.notify_stop(stop_data)
-
-    def _failure_exit_code(self) -> int:
-        """The exit code of the newest failed engine (17 when the controller was lost)."""
-        assert self._mirror is not None
-        codes = [
-            (s.created, s.exit_code)
-            for s in map(pod_state, self._mirror.pods_with_history())
-            if s.phase == "Failed" and s.exit_code is not None
-        ]
-        return max(codes)[1] if codes else 1
 
     # -- stop -----------------------------------------------------------------------------
 
@@ -468,42 +319,6 @@ class KubernetesEngineSetLauncher(EngineLauncher):
                 if not is_not_found(e):
                     raise
 
-    def get_output(self, remove: bool = False) -> str:
-        """Log tails of the engine pods (live ones from the API, gone ones from their
-        termination messages). ``remove`` is accepted for API compatibility: there is
-        no local file to remove."""
-        if self._mirror is None:
-            return ""
-        parts = []
-        live = {p["metadata"]["name"] for p in self._mirror.pods()}
-        for pod in sorted(self._mirror.pods_with_history(), key=lambda p: p["metadata"]["name"]):
-            state = pod_state(pod)
-            text = (
-                self._pod_log(state.name)
-                if state.name in live and self.state == "running"
-                else state.message
-            )
-            if text:
-                parts.append(f"Output for engine {state.index} (pod {state.name})")
-                parts.append(indent("".join(text.splitlines(True)[-self.output_limit :]), "  "))
-        return "\n".join(parts)
-
-    def _pod_log(self, pod: str, lines: int | None = None) -> str:
-        try:
-            with api_call("get", "pods/log", self.namespace):
-                response = self.api.request(
-                    "GET",
-                    namespaced(self.namespace, "pods", f"{pod}/log"),
-                    query={
-                        "container": manifests.ENGINE_CONTAINER,
-                        "tailLines": lines or self.output_limit,
-                    },
-                    raw=True,
-                )
-            return bytes(response.data).decode("utf8", "replace")
-        except Exception:
-            return ""  # no container yet, pod gone, or logs not readable: nothing to show
-
     @classmethod
     def from_dict(cls, d: dict[str, Any], **kwargs: Any) -> KubernetesEngineSetLauncher:
         """Reattach to a running engine Job (e.g. ``ipcluster`` or a new kernel reading the
@@ -556,60 +371,3 @@ class KubernetesEngineSetLauncher(EngineLauncher):
             raise
         self.n = n
 
-    def engine_states(self) -> list[dict[str, Any]]:
-        """One dict per slot (index, name, phase, reason, message, exit_code, node, created),
-        from the watch mirror: no I/O."""
-        if self._mirror is None:
-            return []
-        return [s.as_dict() for s in slot_states(self._mirror.pods(), self.n)]
-
-    async def diagnose(self) -> str:
-        """Explain what keeps engines from connecting (see :func:`.diagnose.explain`)."""
-        if self._mirror is None:
-            return "the engine Job was never created"
-        return await asyncio.to_thread(self._diagnose)
-
-    async def refusal(self, since: float) -> str | None:
-        """Why the API refuses to create engine pods since ``since`` (a quota, an admission
-        policy), quoted from the Job's events; None when nothing refuses them."""
-        if self._mirror is None:
-            return None
-        events = await asyncio.to_thread(self._events, self.job_name)
-        return refusal(events, since)
-
-    def _diagnose(self) -> str:
-        assert self._mirror is not None
-        pods = self._mirror.pods_with_history()
-        slots = slot_states(self._mirror.pods(), self.n)
-        troubled = [s.name for s in slots if s.name and s.phase != "Running"][:_DIAGNOSE_PODS]
-        running = [s.name for s in slots if s.phase == "Running"][:_DIAGNOSE_PODS]
-        notes = []
-        events: dict[str, list[dict[str, Any]]] = {}
-        for name in [self.job_name, *troubled]:
-            try:
-                events[name] = self._events(name)
-            except Exception as e:
-                notes.append(f"  (events of {name} unavailable: {e})")
-                break
-        logs = {name: self._pod_log(name, lines=40) for name in running}
-        text = explain(
-            job_name=self.job_name,
-            namespace=self.namespace,
-            n=self.n,
-            job=self._mirror.job(),
-            pods=pods,
-            events=events,
-            logs=logs,
-            controller_url=self.controller_url,
-        )
-        if self._mirror.error:
-            notes.append(f"  ({self._mirror.error})")
-        return "\n".join([text, *notes])
-
-    def _events(self, name: str) -> list[dict[str, Any]]:
-        with api_call("list", "events", self.namespace):
-            return self.api.request(
-                "GET",
-                namespaced(self.namespace, "events"),
-                query={"fieldSelector": f"involvedObject.name={name}"},
-            )["items"]

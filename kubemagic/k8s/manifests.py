@@ -2,8 +2,11 @@
 
 No I/O here, so every policy decision (labels, failure policy, security context, what
 the engine pods may and may not carry) is visible in one place and unit-tested without a
-cluster. :mod:`kubemagic.k8s.launcher` applies these objects; :mod:`kubemagic.k8s.rbac`
-renders the RBAC ones as YAML.
+cluster. :mod:`kubemagic.k8s.launcher` applies these objects. The Role stays here beside
+the engine objects because its rules are the backend's contract (checked at start-up,
+by ``kubemagic doctor`` and by the tests); the objects only an admin applies around it
+(ServiceAccount, RoleBinding, NetworkPolicy) are built in :mod:`kubemagic.k8s.rbac`, and
+``kubemagic doctor``'s test Job in :mod:`kubemagic.k8s.probe`.
 """
 
 from __future__ import annotations
@@ -362,49 +365,6 @@ def _named_list(value: Any) -> bool:
     )
 
 
-def network_policy(
-    namespace: str,
-    port_range: tuple[int, int],
-    controller_pod_labels: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """Let engine pods reach the controller's port range on the kernel's pod.
-
-    JupyterHub's singleuser NetworkPolicy admits ingress to the kernel's pod only from the
-    hub and proxy, so engines could not register. This policy adds exactly one allowance:
-    TCP ``port_range`` from pods labelled as kubemagic engines. Engines' egress is left
-    alone — user code on them may need the network.
-    """
-    low, high = port_range
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {
-            "name": "kubemagic-engines-to-controller",
-            "namespace": namespace,
-            "labels": {LABEL_NAME: "kubemagic", LABEL_MANAGED_BY: "kubemagic"},
-        },
-        "spec": {
-            "podSelector": {"matchLabels": dict(controller_pod_labels or SINGLEUSER_POD_LABELS)},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "from": [{"podSelector": {"matchLabels": dict(ENGINE_POD_SELECTOR)}}],
-                    "ports": [{"protocol": "TCP", "port": low, "endPort": high}],
-                }
-            ],
-        },
-    }
-
-
-def service_account(name: str, namespace: str) -> dict[str, Any]:
-    """The service account the kernel (the backend) runs as."""
-    return {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": {"name": name, "namespace": namespace},
-    }
-
-
 def role(name: str, namespace: str) -> dict[str, Any]:
     """The least-privilege Role: :data:`ROLE_RULES` in one namespace."""
     return {
@@ -412,26 +372,4 @@ def role(name: str, namespace: str) -> dict[str, Any]:
         "kind": "Role",
         "metadata": {"name": name, "namespace": namespace},
         "rules": copy.deepcopy(ROLE_RULES + DIAGNOSTIC_RULES),
-    }
-
-
-def role_binding(
-    name: str,
-    namespace: str,
-    service_account_name: str,
-    service_account_namespace: str | None = None,
-) -> dict[str, Any]:
-    """Binds :func:`role` ``name`` to the service account (which may live in another namespace)."""
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": name, "namespace": namespace},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [
-            {
-                "kind": "ServiceAccount",
-                "name": service_account_name,
-                "namespace": service_account_namespace or namespace,
-            }
-        ],
     }

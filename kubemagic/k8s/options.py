@@ -1,10 +1,17 @@
-"""The Kubernetes backend's options: parsed and checked without touching the cluster.
+"""The Kubernetes backend's options, declared once: :class:`KubernetesOptions`.
+
+Each field carries its parser, help, flag metavar and consumer (see
+:func:`kubemagic.backends.option`); the magic's and the CLI's flags, the launcher's traits
+(:mod:`.launcher_config`), the launcher settings and Job fields the backend derives
+(:mod:`.backend`, :mod:`.launcher`) and the local backend's "only on Kubernetes" error all
+come from these fields.
 
 Options arrive three ways — Python keyword arguments, ``%%kubemap`` flags (strings) and
 ipyparallel traitlets config — so every parser here accepts both the structured value
 (dict, list, int) and the string a flag would carry (``"gpu=true,zone=a"``). Each
 rejected value raises one :class:`~kubemagic.errors.UsageError` naming the flag and a
-valid example, before anything is created in the cluster.
+valid example, before anything is created in the cluster. Nothing here talks to the
+cluster or imports its client: the magic imports this module to build its flags.
 """
 
 from __future__ import annotations
@@ -12,10 +19,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from ..errors import UsageError
+from ..backends import option, parse_key_values, parse_options_of
+from ..errors import UsageError, as_flags
 from .manifests import INDEX_ENV, POD_NAME_ENV, SECRET_KEY
 from .quantities import cpu_quantity, gpu_count, memory_quantity
 
@@ -35,111 +44,6 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _PULL_POLICIES = {p.lower(): p for p in ("Always", "IfNotPresent", "Never")}
 _EFFECTS = {e.lower(): e for e in ("NoSchedule", "PreferNoSchedule", "NoExecute")}
-
-
-@dataclass(frozen=True)
-class KubernetesOptions:
-    """Validated options; ``None`` means "use the default found in the environment"."""
-
-    image: str | None = None
-    namespace: str | None = None
-    cpu: str | None = None
-    memory: str | None = None
-    gpu: int = 0
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    service_account: str | None = None
-    image_pull_policy: str | None = None
-    pod_overrides: dict[str, Any] = field(default_factory=dict)
-    controller_address: str | None = None
-    port_range: tuple[int, int] = (29100, 29199)
-    curve: bool = True
-    active_deadline_seconds: int | None = None
-    start_timeout: float = 120.0
-    kubeconfig: str | None = None
-    context: str | None = None
-    run_as_user: int | None = 1000
-
-
-OPTION_NAMES = tuple(KubernetesOptions.__dataclass_fields__)
-
-
-def parse_options(**options: Any) -> KubernetesOptions:
-    """Check every option; raise one :class:`UsageError` for the first bad one."""
-    unknown = sorted(set(options) - set(OPTION_NAMES))
-    if unknown:
-        raise UsageError(
-            f"unknown Kubernetes option(s): {', '.join(unknown)}",
-            fix=f"valid options are: {', '.join(OPTION_NAMES)}",
-        )
-    o = {k: v for k, v in options.items() if v is not None}
-    return KubernetesOptions(
-        image=_image(o["image"]) if "image" in o else None,
-        namespace=_dns_label("namespace", o["namespace"]) if "namespace" in o else None,
-        cpu=cpu_quantity(o["cpu"]) if "cpu" in o else None,
-        memory=memory_quantity(o["memory"]) if "memory" in o else None,
-        gpu=gpu_count(o.get("gpu")),
-        node_selector=parse_key_values("node_selector", o.get("node_selector", {})),
-        tolerations=parse_tolerations(o.get("tolerations", [])),
-        env=parse_key_values("env", o.get("env", {}), env_names=True),
-        service_account=(
-            _dns_subdomain("service_account", o["service_account"])
-            if "service_account" in o
-            else None
-        ),
-        image_pull_policy=_pull_policy(o["image_pull_policy"])
-        if "image_pull_policy" in o
-        else None,
-        pod_overrides=parse_pod_overrides(o.get("pod_overrides", {})),
-        controller_address=_address(o["controller_address"]) if "controller_address" in o else None,
-        port_range=parse_port_range(o.get("port_range", DEFAULT_PORT_RANGE)),
-        curve=_bool("curve", o.get("curve", True)),
-        active_deadline_seconds=_positive_int(
-            "active_deadline_seconds", o["active_deadline_seconds"]
-        )
-        if "active_deadline_seconds" in o
-        else None,
-        start_timeout=_positive_float("start_timeout", o.get("start_timeout", 120.0)),
-        kubeconfig=str(o["kubeconfig"]) if "kubeconfig" in o else None,
-        context=str(o["context"]) if "context" in o else None,
-        run_as_user=_run_as_user(options.get("run_as_user", 1000)),
-    )
-
-
-def parse_key_values(
-    flag: str, value: Mapping[str, Any] | str | list[str], *, env_names: bool = False
-) -> dict[str, str]:
-    """``{"a": "1"}``, ``"a=1,b=2"`` or ``["a=1", "b=2"]`` → ``{"a": "1", "b": "2"}``."""
-    if isinstance(value, Mapping):
-        pairs = [(str(k), v) for k, v in value.items()]
-    else:
-        items = value.split(",") if isinstance(value, str) else list(value)
-        pairs = []
-        for item in (i.strip() for i in items):
-            if not item:
-                continue
-            key, sep, val = item.partition("=")
-            if not sep or not key:
-                raise UsageError(
-                    f"--{flag.replace('_', '-')} {item!r} is not KEY=VALUE",
-                    fix=f"write --{flag.replace('_', '-')} KEY=VALUE[,KEY2=VALUE2]",
-                )
-            pairs.append((key.strip(), val))
-    result: dict[str, str] = {}
-    for key, val in pairs:
-        if env_names and not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]*$", key):
-            raise UsageError(
-                f"--env name {key!r} is not a valid environment variable name",
-                fix="use letters, digits and underscores, e.g. --env OMP_NUM_THREADS=1",
-            )
-        if env_names and key in RESERVED_ENV:
-            raise UsageError(
-                f"--env {key} is set by kubemagic for every engine and cannot be overridden",
-                fix=f"drop {key} from --env (reserved: {', '.join(sorted(RESERVED_ENV))})",
-            )
-        result[key] = str(val)
-    return result
 
 
 def parse_tolerations(value: list[dict[str, Any]] | str) -> list[dict[str, Any]]:
@@ -298,7 +202,9 @@ def _bool(flag: str, value: Any) -> bool:
         return True
     if text in ("0", "false", "no", "off"):
         return False
-    raise UsageError(f"--{flag} {value!r} is not true or false", fix=f"use --{flag} true/false")
+    name = as_flags([flag])
+    raise UsageError(f"{name} {value!r} is not true or false",
+                     fix=f"use {name} or --no-{name[2:]} ({flag}=True or False)")
 
 
 def _positive_int(flag: str, value: Any) -> int:
@@ -314,22 +220,10 @@ def _positive_int(flag: str, value: Any) -> int:
     return number
 
 
-def _positive_float(flag: str, value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = 0.0
-    if not number > 0:
-        raise UsageError(
-            f"--{flag.replace('_', '-')} {value!r} must be a positive number of seconds",
-            fix=f"e.g. --{flag.replace('_', '-')} 120",
-        )
-    return number
-
-
 def _run_as_user(value: Any) -> int | None:
-    """The engines' user id; ``None`` keeps the image's own user (for images that need root)."""
-    if value is None:
+    """The engines' user id; ``None`` (``none`` as a flag) keeps the image's own user, for
+    images that need root."""
+    if value is None or str(value).strip().lower() == "none":
         return None
     try:
         uid = int(value)
@@ -337,7 +231,83 @@ def _run_as_user(value: Any) -> int | None:
         uid = 0
     if uid <= 0:
         raise UsageError(
-            f"run_as_user {value!r} must be a non-root user id (> 0)",
-            fix="use run_as_user=1000, or run_as_user=None to keep the image's user",
+            f"--run-as-user {value!r} must be a non-root user id (> 0)",
+            fix="use --run-as-user 1000, or --run-as-user none (run_as_user=None) to keep "
+            "the image's user",
         )
     return uid
+
+
+@dataclass(frozen=True)
+class KubernetesOptions:
+    """Checked options; ``None`` means "use the default found in the environment".
+
+    ``layer``: ``manifest`` options become launcher traits of the same name and keyword
+    arguments of :func:`.manifests.engine_job`; ``launcher`` ones are used by the launcher
+    itself; ``session`` ones shape the controller (:func:`.backend.kubernetes_backend`).
+    """
+
+    image: str | None = option(
+        parse=_image, metavar="IMAGE", layer="launcher",
+        help="engine image (default: the notebook's own); it must have kubemagic installed")
+    namespace: str | None = option(
+        parse=partial(_dns_label, "namespace"), metavar="NS", layer="launcher",
+        help="namespace of the engine Job (default: the service account's, else the "
+        "kubeconfig context's)")
+    cpu: str | None = option(
+        parse=cpu_quantity, metavar="Q", layer="manifest",
+        help="CPU request per engine, e.g. 500m or 2")
+    memory: str | None = option(
+        parse=memory_quantity, metavar="Q", layer="manifest",
+        help="memory request and limit per engine, e.g. 1Gi")
+    gpu: int = option(
+        parse=gpu_count, metavar="N", layer="manifest", default=0,
+        help="nvidia.com/gpu per engine")
+    node_selector: dict[str, str] = option(
+        parse=partial(parse_key_values, "node_selector"), metavar="KEY=VALUE[,...]",
+        layer="manifest", default={},
+        help="node labels the engine pods must run on, e.g. gpu=true")
+    tolerations: list[dict[str, Any]] = option(
+        parse=parse_tolerations, metavar="KEY[=VALUE][:EFFECT][,...]", layer="manifest",
+        default=[], help="taints the engine pods tolerate, e.g. gpu=true:NoSchedule (or a "
+        "JSON list)")
+    env: dict[str, str] = option(
+        parse=partial(parse_key_values, "env", env_names=True, reserved=RESERVED_ENV),
+        metavar="NAME=VALUE[,...]", layer="launcher", default={}, target="environment",
+        help="extra environment variables of the engines")
+    service_account: str | None = option(
+        parse=partial(_dns_subdomain, "service_account"), metavar="NAME", layer="manifest",
+        help="service account of the engine pods, whose token they get (default: none)")
+    image_pull_policy: str | None = option(
+        parse=_pull_policy, metavar="POLICY", layer="manifest",
+        help="Always, IfNotPresent or Never")
+    pod_overrides: dict[str, Any] = option(
+        parse=parse_pod_overrides, metavar="JSON", layer="manifest", default={},
+        help="partial pod spec merged last into the engine pods' spec (a 'metadata' key "
+        "patches their metadata)")
+    run_as_user: int | None = option(
+        parse=_run_as_user, metavar="UID", layer="manifest", default=1000, nullable=True,
+        help="non-root user id of the engines (default 1000); none keeps the image's user")
+    active_deadline_seconds: int | None = option(
+        parse=partial(_positive_int, "active_deadline_seconds"), metavar="S",
+        layer="manifest", help="fail the engine Job after S seconds")
+    controller_address: str | None = option(
+        parse=_address, metavar="ADDR", layer="session",
+        help="address engines use to reach the controller (default: detected)")
+    port_range: tuple[int, int] = option(
+        parse=parse_port_range, metavar="LOW-HIGH", layer="session",
+        default=parse_port_range(DEFAULT_PORT_RANGE),
+        help=f"controller ports engines connect to (default {DEFAULT_PORT_RANGE})")
+    curve: bool = option(
+        parse=partial(_bool, "curve"), layer="session", default=True,
+        help="CurveZMQ encryption of the engines' traffic (default on)")
+    kubeconfig: str | None = option(
+        parse=str, metavar="FILE", layer="launcher",
+        help="kubeconfig file (default: in-cluster config, else $KUBECONFIG)")
+    context: str | None = option(
+        parse=str, metavar="NAME", layer="launcher", help="kubeconfig context")
+
+
+def parse_options(**options: Any) -> KubernetesOptions:
+    """Check every option; raise one :class:`UsageError` for the first bad one."""
+    return parse_options_of(KubernetesOptions, "kubernetes", options)

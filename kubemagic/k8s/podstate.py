@@ -1,9 +1,10 @@
-"""What an engine pod is doing, in one line: phase, reason, message — from the raw pod dict.
+"""What an engine pod is doing, in one line: phase, reason, message — from the raw pod dict;
+and whether a Job has ended, from its conditions.
 
 A pod's status spreads its story over phase, conditions and container states; the
 widget needs "Pending — Unschedulable: 0/1 nodes are available: 1 Insufficient cpu" and
 the error after a timeout needs the same. Pure functions over API dicts (camelCase, as
-the API sends them), so they are tested with recorded pods.
+the API sends them), so they are tested with recorded pods and Jobs.
 """
 
 from __future__ import annotations
@@ -131,3 +132,48 @@ def slot_states(pods: Iterable[Mapping[str, Any]], n: int) -> list[PodState]:
         )
         for i in range(n)
     ]
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """How a Job ended (or is decided to end): the terminal condition, condensed."""
+
+    #: True for a failed Job (Failed, FailureTarget), False for a completed one
+    failed: bool
+    #: the Job controller's short cause, e.g. PodFailurePolicy, DeadlineExceeded
+    reason: str = ""
+    message: str = ""
+
+
+#: Terminal Job conditions, final ones first. Since Kubernetes 1.31 the Job controller
+#: sets FailureTarget (or SuccessCriteriaMet) as soon as the outcome is decided, while pods
+#: may still be terminating, and Failed (Complete) once they are gone: the outcome is
+#: known from the first, and the final one says the same when both are present.
+_TERMINAL = (
+    ("Failed", True),
+    ("Complete", False),
+    ("FailureTarget", True),
+    ("SuccessCriteriaMet", False),
+)
+
+
+def job_end(job: Mapping[str, Any] | None) -> JobEnd | None:
+    """The Job's outcome from its true terminal condition, or None while it runs.
+
+    The one reading of Job conditions: ``kubemagic ls`` shows it, diagnostics quote it, and
+    the launcher stops on it, so none of them can disagree about when a Job is over.
+    """
+    conditions = {
+        c.get("type"): c
+        for c in ((job or {}).get("status") or {}).get("conditions") or []
+        if c.get("status") == "True"
+    }
+    for kind, failed in _TERMINAL:
+        cond = conditions.get(kind)
+        if cond is not None:
+            return JobEnd(
+                failed=failed,
+                reason=cond.get("reason") or "",
+                message=(cond.get("message") or "").strip(),
+            )
+    return None

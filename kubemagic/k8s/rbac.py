@@ -2,17 +2,22 @@
 
 An admin pipes it into ``kubectl apply -f -`` once per namespace. The Role holds exactly
 :data:`~kubemagic.k8s.manifests.ROLE_RULES` — the calls the backend makes, nothing more —
-so "kubemagic needs cluster-admin" is never the answer to a 403.
+so "kubemagic needs cluster-admin" is never the answer to a 403. The objects around the
+Role — ServiceAccount, RoleBinding, NetworkPolicy — are built here (pure dicts): only an
+admin ever applies them, kubemagic itself never creates them.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 import yaml
 
 from . import manifests
+from .manifests import ENGINE_POD_SELECTOR, LABEL_MANAGED_BY, LABEL_NAME, SINGLEUSER_POD_LABELS
 from .options import DEFAULT_PORT_RANGE, parse_port_range
 
 
@@ -33,11 +38,11 @@ def render_rbac(
     sa_namespace = service_account_namespace or namespace
     docs = []
     if sa_namespace == namespace:
-        docs.append(manifests.service_account(service_account, namespace))
+        docs.append(service_account_manifest(service_account, namespace))
     docs.append(manifests.role("kubemagic", namespace))
-    docs.append(manifests.role_binding("kubemagic", namespace, service_account, sa_namespace))
+    docs.append(role_binding("kubemagic", namespace, service_account, sa_namespace))
     if network_policy:
-        docs.append(manifests.network_policy(namespace, parse_port_range(port_range)))
+        docs.append(engines_network_policy(namespace, parse_port_range(port_range)))
     header = (
         f"# kubemagic: least-privilege access for service account {sa_namespace}/"
         f"{service_account} in namespace {namespace}\n"
@@ -78,3 +83,69 @@ def main_rbac(argv: list[str] | None = None) -> int:
         )
     )
     return 0
+
+
+def engines_network_policy(
+    namespace: str,
+    port_range: tuple[int, int],
+    controller_pod_labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Let engine pods reach the controller's port range on the kernel's pod.
+
+    JupyterHub's singleuser NetworkPolicy admits ingress to the kernel's pod only from the
+    hub and proxy, so engines could not register. This policy adds exactly one allowance:
+    TCP ``port_range`` from pods labelled as kubemagic engines. Engines' egress is left
+    alone — user code on them may need the network.
+    """
+    low, high = port_range
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": "kubemagic-engines-to-controller",
+            "namespace": namespace,
+            "labels": {LABEL_NAME: "kubemagic", LABEL_MANAGED_BY: "kubemagic"},
+        },
+        "spec": {
+            "podSelector": {"matchLabels": dict(controller_pod_labels or SINGLEUSER_POD_LABELS)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": dict(ENGINE_POD_SELECTOR)}}],
+                    "ports": [{"protocol": "TCP", "port": low, "endPort": high}],
+                }
+            ],
+        },
+    }
+
+
+def service_account_manifest(name: str, namespace: str) -> dict[str, Any]:
+    """The service account the kernel (the backend) runs as."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": namespace},
+    }
+
+
+def role_binding(
+    name: str,
+    namespace: str,
+    service_account_name: str,
+    service_account_namespace: str | None = None,
+) -> dict[str, Any]:
+    """Binds :func:`.manifests.role` ``name`` to the service account, which may live in
+    another namespace (a kernel in one namespace starting engines in another)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [
+            {
+                "kind": "ServiceAccount",
+                "name": service_account_name,
+                "namespace": service_account_namespace or namespace,
+            }
+        ],
+    }

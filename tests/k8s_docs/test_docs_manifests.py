@@ -161,7 +161,7 @@ def test_manifests_are_accepted_by_the_api_server(k8s_cluster):
     engines = net.read_namespaced_network_policy(engine_policy()["metadata"]["name"], ns)
     assert not engines.spec.ingress and engines.spec.egress[0].ports[0].end_port == 29199
     # the service account now has exactly the rights the Role grants: doctor's permission rows
-    from kubemagic import doctor
+    from kubemagic.k8s import doctor
     from kubemagic.k8s.client import connect
 
     sa_api = connect(kubeconfig=k8s_cluster.service_account_kubeconfig(ns, DOC_SA))

@@ -92,6 +92,11 @@ BAD_INPUT = [
     ("%%kubemap score xs --chunksize zero\npass\n", "UsageError", "chunksize"),
     ("%%kubemap score xs --retries -1\npass\n", "UsageError", "retries"),
     ("%%kubemap score xs --backend local --image foo:1\npass\n", "SessionError", "--image"),
+    ("%%kubemap score xs --node-selector gpu=true\npass\n", "SessionError",
+     "different --node-selector"),
+    ("%%kubemap score xs --env MODE=fast\npass\n", "SessionError", "different --env"),
+    ("%%kubemap score xs --env 1BAD=x\npass\n", "UsageError", "--env name '1BAD'"),
+    ("%%kubemap score xs --curve-ish\npass\n", "UsageError", "unrecognized arguments"),
     ("import threading\nlock = threading.Lock()\n%kubemap widget", None, None),
     ("%%kubemap score xs --push lock\npass\n", "UsageError", "cannot send"),
     ("%kubemap scale -3", "UsageError", "at least 0"),
@@ -111,6 +116,24 @@ def test_bad_input_gives_one_clear_error_and_session_stays_usable(kernel, cell, 
     # the kernel is alive and the same engines still map
     out = kernel.run("print(kubemagic.current().state, kubemagic.current().map(abs, [-5], progress=False))")
     assert out.strip() == "running [5]"
+
+
+def test_engine_options_of_the_local_backend_reach_its_engines():
+    """--env is declared by the local backend too: a new fleet's engines get it."""
+    k = Kernel()
+    try:
+        k.run("%load_ext kubemagic")
+        k.run("%%kubemap getenv ['MODE', 'EXTRA'] -n 1 --backend local "
+              "--env 'MODE=fast,EXTRA=a b' --out seen\n"
+              "import os\ndef getenv(name):\n    return os.environ.get(name)\n")
+        assert k.run("print(seen)").strip() == "['fast', 'a b']"
+        # the same environment in another order is the same fleet; a GPU is not
+        k.run("%kubemap getenv ['MODE'] --env 'EXTRA=a b,MODE=fast' --out again")
+        assert k.run("print(again)").strip() == "['fast']"
+        err = k.run_error("%kubemap getenv ['MODE'] --gpu 1")
+        assert err["ename"] == "SessionError" and "different --gpu\n" in err["evalue"], err
+    finally:
+        k.shutdown()
 
 
 def test_empty_iterable_and_generator(kernel):

@@ -11,7 +11,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubemagic.errors import PermissionDenied, StartupError, UsageError
 from kubemagic.k8s import incluster
-from kubemagic.k8s.client import api_call, permission_denied
+from kubemagic.k8s.client import api_call, permission_denied, service_account_of
 from kubemagic.k8s.manifests import DIAGNOSTIC_RULES, ROLE_RULES
 from kubemagic.k8s.permissions import missing_permissions
 from kubemagic.k8s.rbac import main_rbac, render_rbac
@@ -177,7 +177,44 @@ def test_controller_address_detection_is_not_loopback(tmp_path, monkeypatch):
 def test_loopback_detection():
     assert incluster.is_loopback("") and incluster.is_loopback("127.0.0.1")
     assert incluster.is_loopback("localhost") and incluster.is_loopback("::1")
+    assert incluster.is_loopback("127.0.1.1")
     assert not incluster.is_loopback("10.88.0.1")
+
+
+def test_names_under_localhost_are_loopback_whatever_the_resolver_says():
+    for name in ("LOCALHOST", "localhost.", "kernel.localhost"):
+        assert incluster.is_loopback(name)
+
+
+def test_a_name_this_machine_cannot_resolve_is_not_loopback():
+    """Cluster DNS may know it (a Service name): refusing it would block a working setup."""
+    assert not incluster.is_loopback("no-such-host.invalid")
+
+
+def test_a_name_is_loopback_only_if_all_its_addresses_are(monkeypatch):
+    answers = {"hostname": ["127.0.1.1"], "both": ["127.0.0.1", "10.0.0.5"], "v6": ["::1"]}
+
+    def resolve(host, *args, **kwargs):  # this machine's resolver, with fixed answers
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, 0)) for a in answers[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    assert incluster.is_loopback("hostname") and incluster.is_loopback("v6")
+    assert not incluster.is_loopback("both")
+
+
+def test_controller_address_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", _kubeconfig(tmp_path, "https://127.0.0.1:6443"))
+    monkeypatch.setenv(incluster.CONTROLLER_ADDRESS_ENV, "10.0.0.7")
+    assert incluster.controller_address("10.0.0.5") == "10.0.0.5"  # --controller-address
+    assert incluster.controller_address() == "10.0.0.7"
+    monkeypatch.delenv(incluster.CONTROLLER_ADDRESS_ENV)
+    assert incluster.controller_address() == incluster.detect_controller_address()
+
+
+def test_service_account_of():
+    assert service_account_of("system:serviceaccount:team-a:alice") == ("team-a", "alice")
+    assert service_account_of("alice@uni.edu") is None and service_account_of(None) is None
 
 
 def test_image_of_pod_prefers_notebook_container(monkeypatch):

@@ -8,6 +8,7 @@ import kubernetes.client as k8s
 import pytest
 
 from kubemagic.k8s import manifests as m
+from kubemagic.k8s import rbac
 
 
 def _job(**overrides):
@@ -242,7 +243,7 @@ def test_job_names_are_dns_labels_and_unique():
 
 
 def test_network_policy_opens_only_the_port_range_to_engines():
-    policy = m.network_policy("ns", (47100, 47199))
+    policy = rbac.engines_network_policy("ns", (47100, 47199))
     k8s.V1NetworkPolicy.model_validate(policy)
     spec = policy["spec"]
     assert spec["policyTypes"] == ["Ingress"]
@@ -265,6 +266,6 @@ def test_role_is_least_privilege():
     assert ("", "secrets", "get") not in verbs and ("", "secrets", "list") not in verbs
     assert not any("*" in x for t in verbs for x in t)
     assert ("batch", "jobs", "create") in verbs and ("", "pods/log", "get") in verbs
-    binding = m.role_binding("kubemagic", "ns", "sa", "other")
+    binding = rbac.role_binding("kubemagic", "ns", "sa", "other")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sa", "namespace": "other"}]
     k8s.V1RoleBinding.model_validate(binding)

@@ -1,12 +1,25 @@
-"""Kubernetes backend options: every bad value is one UsageError naming the flag and a fix."""
+"""Kubernetes backend options: every bad value is one UsageError naming the flag and a fix;
+every option, declared once in KubernetesOptions, is a flag of the magic and reaches the Job."""
 
 from __future__ import annotations
 
-import pytest
+import inspect
+import re
+from dataclasses import fields
 
+import pytest
+from IPython.core.magic_arguments import parse_argstring
+from traitlets.config import Config
+
+from kubemagic.backends import declared
+from kubemagic.cli import build_parser
 from kubemagic.errors import UsageError
-from kubemagic.k8s.options import parse_options, parse_tolerations
+from kubemagic.k8s.backend import _launcher_config
+from kubemagic.k8s.launcher import KubernetesEngineSetLauncher
+from kubemagic.k8s.manifests import engine_job
+from kubemagic.k8s.options import KubernetesOptions, parse_options, parse_tolerations
 from kubemagic.k8s.quantities import cpu_quantity, gpu_count, memory_quantity
+from kubemagic.magics import KubeMagics, line_engine_options
 
 
 @pytest.mark.parametrize("value", ["1", "0.5", "500m", "2", 4, 0.25, "16"])
@@ -89,6 +102,8 @@ def test_structured_values_pass_through():
 
 def test_run_as_user_none_keeps_image_user():
     assert parse_options(run_as_user=None).run_as_user is None
+    assert parse_options(run_as_user="none").run_as_user is None  # the flag's spelling
+    assert parse_options().run_as_user == 1000
 
 
 @pytest.mark.parametrize(
@@ -111,8 +126,8 @@ def test_run_as_user_none_keeps_image_user():
         ({"controller_address": "tcp://1.2.3.4"}, "--controller-address"),
         ({"curve": "maybe"}, "--curve"),
         ({"active_deadline_seconds": -5}, "--active-deadline-seconds"),
-        ({"start_timeout": 0}, "--start-timeout"),
-        ({"run_as_user": 0}, "run_as_user"),
+        ({"run_as_user": 0}, "--run-as-user"),
+        ({"run_as_user": "root"}, "--run-as-user"),
         ({"gpu": "x"}, "--gpu"),
     ],
 )
@@ -124,12 +139,118 @@ def test_each_bad_option_is_one_clear_error(options, flag):
 
 
 def test_unknown_option_lists_valid_ones():
-    with pytest.raises(UsageError, match="unknown Kubernetes option.*imgae") as e:
+    with pytest.raises(UsageError, match="unknown option.*imgae.*kubernetes backend") as e:
         parse_options(imgae="x")
-    assert "image" in e.value.fix
+    assert "did you mean image?" in e.value.fix and "node_selector" in e.value.fix
 
 
 def test_tolerations_json_list():
     assert parse_tolerations('[{"key": "k", "operator": "Exists"}]') == [
         {"key": "k", "operator": "Exists"}
     ]
+
+
+# -- declared once: every field is a flag, a trait or a Job field, with the same checks ----------
+MAGIC_FLAGS = frozenset(KubeMagics.kubemap.parser._option_string_actions)
+
+
+def _magic(line: str) -> dict:
+    """The engine options the magic passes to the session for ``line``'s flags."""
+    return line_engine_options(parse_argstring(KubeMagics.kubemap, line))
+
+
+def _job(options: KubernetesOptions) -> dict:
+    """The Job the launcher builds from the backend's launcher settings for ``options``."""
+    config = Config({"KubernetesEngineSetLauncher": _launcher_config(options, "ns")})
+    launcher = KubernetesEngineSetLauncher(config=config, job_name="kubemagic-t")
+    launcher.n = 2
+    return launcher.job_manifest(launcher.options(), "img:1")
+
+
+@pytest.mark.parametrize("name", [f.name for f in fields(KubernetesOptions)])
+def test_every_option_is_a_flag_of_the_magic_and_of_the_demo(name):
+    flag = "--" + name.replace("_", "-")
+    demo = build_parser()._subparsers._group_actions[0].choices["demo"]
+    assert flag in MAGIC_FLAGS and flag in demo._option_string_actions
+    opt = declared(KubernetesOptions)[name]
+    assert opt.help and opt.layer in ("session", "launcher", "manifest")
+
+
+def test_manifest_options_are_job_fields_and_launcher_options_are_traits():
+    """Adding an option is one field plus the code that uses it: a manifest option is a
+    keyword of engine_job, a launcher/manifest option a trait of the launcher."""
+    job_params = inspect.signature(engine_job).parameters
+    traits = KubernetesEngineSetLauncher.class_traits(config=True)
+    for name, opt in declared(KubernetesOptions).items():
+        if opt.layer == "manifest":
+            assert name in job_params, name
+        if opt.layer != "session":
+            assert (opt.target or name) in traits, name
+
+
+@pytest.mark.parametrize("options,flag", [
+    ({"node_selector": "novalue"}, "--node-selector"),
+    ({"tolerations": "key:Sometimes"}, "--tolerations"),
+    ({"env": "1BAD=x"}, "--env"),
+    ({"pod_overrides": "{bad"}, "--pod-overrides"),
+    ({"port_range": "abc"}, "--port-range"),
+    ({"curve": "maybe"}, "--curve"),
+    ({"service_account": "Bad_Name"}, "--service-account"),
+    ({"image_pull_policy": "sometimes"}, "--image-pull-policy"),
+    ({"run_as_user": 0}, "--run-as-user"),
+    ({"active_deadline_seconds": 0}, "--active-deadline-seconds"),
+])
+def test_error_texts_name_flags_the_magic_has(options, flag):
+    with pytest.raises(UsageError) as e:
+        parse_options(**options)
+    named = set(re.findall(r"--[a-z][a-z-]+", str(e.value)))
+    assert flag in named and named <= MAGIC_FLAGS, str(e.value)
+
+
+def test_magic_numbers_and_switches_are_typed_like_the_python_api():
+    assert _magic("--gpu -1 --curve --run-as-user none") == {
+        "gpu": -1, "curve": True, "run_as_user": "none"}
+    with pytest.raises(UsageError, match="--gpu -1 is negative"):
+        parse_options(**_magic("--gpu -1"))
+
+
+def test_magic_node_selector_reaches_the_job():
+    given = _magic("--node-selector gpu=true --backend kubernetes")
+    assert given == {"node_selector": "gpu=true"}
+    spec = _job(parse_options(**given))["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"gpu": "true"}
+
+
+def test_magic_flags_reach_the_job_and_the_controller():
+    given = _magic("--tolerations gpu=true:NoSchedule --env OMP_NUM_THREADS=1 "
+                   "--service-account runner --image-pull-policy never --run-as-user none "
+                   "--active-deadline-seconds 600 --gpu 1 --cpu 500m --no-curve "
+                   "--port-range 48000-48050 --pod-overrides '{\"priorityClassName\": \"low\"}'")
+    options = parse_options(**given)
+    assert options.curve is False and options.port_range == (48000, 48050)
+    job = _job(options)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["tolerations"] == [{"key": "gpu", "operator": "Equal", "value": "true",
+                                   "effect": "NoSchedule"}]
+    assert {"name": "OMP_NUM_THREADS", "value": "1"} in container["env"]
+    assert pod["serviceAccountName"] == "runner" and pod["automountServiceAccountToken"]
+    assert container["imagePullPolicy"] == "Never" and pod["priorityClassName"] == "low"
+    assert "runAsUser" not in pod["securityContext"]
+    assert job["spec"]["activeDeadlineSeconds"] == 600
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["resources"]["requests"]["cpu"] == "500m"
+
+
+def test_launcher_traits_take_config_file_values_and_command_line_strings():
+    """Plain ipyparallel configures the same options, checked by the same parsers."""
+    config = Config({"KubernetesEngineSetLauncher": {
+        "namespace": "ns", "gpu": "2", "node_selector": "disk=ssd", "tolerations": [
+            {"key": "spot", "operator": "Exists"}]}})
+    options = KubernetesEngineSetLauncher(config=config).options()
+    assert (options.gpu, options.node_selector) == (2, {"disk": "ssd"})
+    assert options.tolerations == [{"key": "spot", "operator": "Exists"}]
+    bad = KubernetesEngineSetLauncher(config=Config(
+        {"KubernetesEngineSetLauncher": {"namespace": "ns", "memory": "1XB"}}))
+    with pytest.raises(UsageError, match="--memory '1XB'"):
+        bad.options()

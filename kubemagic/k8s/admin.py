@@ -1,4 +1,4 @@
-"""Cluster housekeeping for the CLI: connect, resolve the namespace, ``ls`` and ``clean``.
+"""Cluster housekeeping for the CLI: ``kubemagic ls`` and ``kubemagic clean``.
 
 Everything here uses only what the least-privilege Role (``kubemagic rbac``) grants —
 list/get/delete Jobs, delete Secrets — so a user can tidy up after themselves without
@@ -16,30 +16,20 @@ from typing import Any, TextIO
 
 from kubernetes.client.exceptions import ApiException
 
-from .errors import PermissionDenied, StartupError, UsageError
-from .k8s import incluster
-from .k8s.client import Api, api_call, api_message, connect
-from .k8s.manifests import LABEL_NAME, LABEL_OWNER, sanitize_label_value
+from ..errors import KubemagicError
+from . import incluster
+from .client import Api, api_call, api_message, connect, is_not_found, namespaced
+from .manifests import LABEL_NAME, LABEL_OWNER, sanitize_label_value
+from .podstate import job_end
 
 #: every Job and Secret the backend creates carries this label
 SELECTOR = f"{LABEL_NAME}=kubemagic"
 
 
-def connect_api(kubeconfig: str | None = None, context: str | None = None) -> Api:
-    """In-cluster config in a pod (unless a kubeconfig is given), else the kubeconfig."""
-    return connect(kubeconfig=kubeconfig, context=context)
-
-
-def resolve_namespace(namespace: str | None, kubeconfig: str | None = None,
-                      context: str | None = None) -> str:
-    """``--namespace``, else the pod's namespace, else the kubeconfig context's, else default."""
-    if namespace:
-        return namespace
-    return incluster.default_namespace(kubeconfig, context)
-
-
 @dataclass
 class JobRow:
+    """One line of ``kubemagic ls``."""
+
     namespace: str
     name: str
     owner: str
@@ -50,14 +40,15 @@ class JobRow:
 
 
 def job_state(job: dict[str, Any]) -> str:
-    """Deleting, Complete, Failed, Suspended, Running or Starting."""
+    """Deleting, Complete, Failed (with the reason), Suspended, Running or Starting."""
     meta, spec, status = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
     if meta.get("deletionTimestamp"):
         return "Deleting"
-    for cond in status.get("conditions") or []:
-        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
-            reason = cond.get("reason")
-            return cond["type"] + (f" ({reason})" if cond["type"] == "Failed" and reason else "")
+    end = job_end(job)
+    if end is not None:
+        if not end.failed:
+            return "Complete"
+        return f"Failed ({end.reason})" if end.reason else "Failed"
     if spec.get("suspend"):
         return "Suspended"
     if (status.get("ready") or 0) > 0:
@@ -66,6 +57,7 @@ def job_state(job: dict[str, Any]) -> str:
 
 
 def _age(timestamp: str | None, now: dt.datetime) -> float:
+    """Seconds since an RFC 3339 ``timestamp`` (0 when absent or in the future)."""
     if not timestamp:
         return 0.0
     created = dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
@@ -87,6 +79,7 @@ def format_age(seconds: float) -> str:
 
 
 def job_row(job: dict[str, Any], now: dt.datetime | None = None) -> JobRow:
+    """The ``kubemagic ls`` line of one Job (an API dict)."""
     now = now or dt.datetime.now(dt.timezone.utc)
     meta, spec, status = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
     return JobRow(
@@ -100,33 +93,37 @@ def job_row(job: dict[str, Any], now: dt.datetime | None = None) -> JobRow:
     )
 
 
-def _list_jobs_raw(api: Api, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+def _list_jobs(api: Api, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+    """Jobs matching ``selector`` in ``namespace`` (None: every namespace)."""
+    path = namespaced(namespace, "jobs", group="batch/v1") if namespace else "/apis/batch/v1/jobs"
     with api_call("list", "jobs.batch", namespace):
-        if namespace is None:
-            resp = api.batch.list_job_for_all_namespaces(
-                label_selector=selector, _preload_content=False, _request_timeout=15)
-        else:
-            resp = api.batch.list_namespaced_job(
-                namespace, label_selector=selector, _preload_content=False, _request_timeout=15)
-    return api.read_json(resp).get("items") or []
+        return api.request("GET", path, query={"labelSelector": selector})["items"] or []
 
 
-def list_jobs(namespace: str | None = None, kubeconfig: str | None = None,
-              context: str | None = None, all_namespaces: bool = False,
-              api: Api | None = None) -> list[JobRow]:
+def list_jobs(
+    namespace: str | None = None,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    all_namespaces: bool = False,
+    api: Api | None = None,
+) -> list[JobRow]:
     """The kubemagic Jobs in the namespace (or every namespace), oldest first."""
-    api = api or connect_api(kubeconfig, context)
-    ns = None if all_namespaces else resolve_namespace(namespace, kubeconfig, context)
-    rows = [job_row(j) for j in _list_jobs_raw(api, ns, SELECTOR)]
+    api = api or connect(kubeconfig, context)
+    ns = None if all_namespaces else namespace or incluster.default_namespace(kubeconfig, context)
+    rows = [job_row(j) for j in _list_jobs(api, ns, SELECTOR)]
     return sorted(rows, key=lambda r: -r.age_s)
 
 
-def print_jobs(rows: list[JobRow], show_namespace: bool = False, out: TextIO | None = None) -> None:
+def print_jobs(
+    rows: list[JobRow], show_namespace: bool = False, out: TextIO | None = None
+) -> None:
+    """``kubemagic ls``'s table, kubectl-style."""
     out = out or sys.stdout
     if not rows:
         print("no kubemagic Jobs", file=out)
         return
-    header = (["NAMESPACE"] if show_namespace else []) + ["NAME", "OWNER", "AGE", "ENGINES", "STATE"]
+    columns = ["NAME", "OWNER", "AGE", "ENGINES", "STATE"]
+    header = (["NAMESPACE"] if show_namespace else []) + columns
     table = [header] + [
         ([r.namespace] if show_namespace else [])
         + [r.name, r.owner or "-", format_age(r.age_s), f"{r.ready}/{r.requested}", r.state]
@@ -137,10 +134,18 @@ def print_jobs(rows: list[JobRow], show_namespace: bool = False, out: TextIO | N
         print("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
 
 
-def clean(namespace: str | None = None, kubeconfig: str | None = None, context: str | None = None,
-          dry_run: bool = False, all_owners: bool = False, owner: str | None = None,
-          wait: bool = True, timeout: float = 60.0, api: Api | None = None,
-          out: TextIO | None = None) -> int:
+def clean(
+    namespace: str | None = None,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    dry_run: bool = False,
+    all_owners: bool = False,
+    owner: str | None = None,
+    wait: bool = True,
+    timeout: float = 60.0,
+    api: Api | None = None,
+    out: TextIO | None = None,
+) -> int:
     """Delete kubemagic Jobs (foreground propagation: pods first) and Secrets.
 
     Secrets: the Role grants no list on Secrets (the backend never reads one), so when
@@ -149,14 +154,14 @@ def clean(namespace: str | None = None, kubeconfig: str | None = None, context: 
     Returns 0, or 1 if anything could not be deleted.
     """
     out = out or sys.stdout
-    api = api or connect_api(kubeconfig, context)
-    ns = resolve_namespace(namespace, kubeconfig, context)
+    api = api or connect(kubeconfig, context)
+    ns = namespace or incluster.default_namespace(kubeconfig, context)
     selector = SELECTOR
     who = None
     if not all_owners:
         who = sanitize_label_value(owner or incluster.owner_user())
         selector += f",{LABEL_OWNER}={who}"
-    jobs = [j["metadata"]["name"] for j in _list_jobs_raw(api, ns, selector)]
+    jobs = [j["metadata"]["name"] for j in _list_jobs(api, ns, selector)]
     secrets, secrets_listed = _list_secrets(api, ns, selector)
     if not secrets_listed:
         secrets = list(jobs)  # one Secret per Job, same name
@@ -169,15 +174,15 @@ def clean(namespace: str | None = None, kubeconfig: str | None = None, context: 
     for name in jobs:
         print(f"{prefix} job/{name} (namespace {ns})", file=out)
         if not dry_run:
-            failed += not _delete(api.batch.delete_namespaced_job, "jobs.batch", name, ns, out)
+            failed += not _delete(api, "jobs", ns, name, out)
     for name in secrets:
         if not secrets_listed and not dry_run:
             # not listed: may already be gone with its Job (owner reference); a 404 is fine
-            _delete(api.core.delete_namespaced_secret, "secrets", name, ns, out, quiet=True)
+            _delete(api, "secrets", ns, name, out, quiet=True)
             continue
         print(f"{prefix} secret/{name} (namespace {ns})", file=out)
         if not dry_run:
-            failed += not _delete(api.core.delete_namespaced_secret, "secrets", name, ns, out)
+            failed += not _delete(api, "secrets", ns, name, out)
     if not dry_run and wait and jobs:
         _wait_gone(api, ns, set(jobs), timeout, out)
     if dry_run:
@@ -189,26 +194,34 @@ def clean(namespace: str | None = None, kubeconfig: str | None = None, context: 
 
 
 def _list_secrets(api: Api, ns: str, selector: str) -> tuple[list[str], bool]:
+    """(names of the Secrets matching ``selector``, whether listing them was allowed)."""
     try:
-        resp = api.core.list_namespaced_secret(ns, label_selector=selector,
-                                               _preload_content=False, _request_timeout=15)
+        items = api.request("GET", namespaced(ns, "secrets"), query={"labelSelector": selector})
     except ApiException as e:
         if e.status == 403:
             return [], False
         raise
-    return [s["metadata"]["name"] for s in api.read_json(resp).get("items") or []], True
+    return [s["metadata"]["name"] for s in items["items"] or []], True
 
 
-def _delete(fn: Any, resource: str, name: str, ns: str, out: TextIO, quiet: bool = False) -> bool:
+def _delete(api: Api, kind: str, ns: str, name: str, out: TextIO, quiet: bool = False) -> bool:
+    """Delete Job or Secret ``name`` (``kind`` "jobs" or "secrets"; foreground: dependents
+    first); already gone counts as deleted. Failures are printed (unless ``quiet``)."""
+    group = "batch/v1" if kind == "jobs" else ""
+    resource = f"{kind}.batch" if group else kind
     try:
         with api_call("delete", resource, ns):
-            fn(name, ns, propagation_policy="Foreground", _request_timeout=15)
+            api.request(
+                "DELETE",
+                namespaced(ns, kind, name, group=group),
+                query={"propagationPolicy": "Foreground"},
+            )
     except ApiException as e:
-        if e.status == 404:
+        if is_not_found(e):
             return True
         print(f"  could not delete {resource} {name}: {api_message(e)}", file=out)
         return False
-    except (PermissionDenied, StartupError, UsageError) as e:
+    except KubemagicError as e:
         if not quiet:
             print(f"  could not delete {resource} {name}: {e}", file=out)
         return False
@@ -219,7 +232,7 @@ def _wait_gone(api: Api, ns: str, names: set[str], timeout: float, out: TextIO) 
     """Foreground deletion: a Job disappears only after its pods did."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        left = {j["metadata"]["name"] for j in _list_jobs_raw(api, ns, SELECTOR)} & names
+        left = {j["metadata"]["name"] for j in _list_jobs(api, ns, SELECTOR)} & names
         if not left:
             return
         time.sleep(0.5)
