@@ -11,6 +11,7 @@ widgets live and turning Ctrl-C into a clean cancel.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import re
 import threading
 import time
@@ -28,6 +29,8 @@ from .mapping import Chunk, MapRun, Progress
 from .output import MapOutput
 from .resume import Resume
 from .progress import progress_display
+
+log = logging.getLogger("kubemagic")
 
 #: chunks in flight per engine: two keep an engine busy while the next result travels
 PIPELINE = 2
@@ -65,6 +68,8 @@ class MapHandle:
         #: what the items print: kept whole, and the cell's share printed by result()
         self.output = MapOutput(item_numbers=resume.todo.__getitem__ if resume else None)
         self._checked: set[int] = set()  # chunks re-sent to name an unpicklable result
+        self._callbacks: list[Callable[["MapHandle"], None]] = []
+        self._callback_lock = threading.Lock()
 
     # -- public --------------------------------------------------------------------------
     def start(self) -> None:
@@ -75,6 +80,15 @@ class MapHandle:
 
     def progress(self) -> Progress:
         return self.run.progress()
+
+    def add_done_callback(self, callback: Callable[["MapHandle"], None]) -> None:
+        """Call ``callback(handle)`` once the map has ended (at once if it has), from the
+        map's own thread: for maps nobody waits on (``--background``)."""
+        with self._callback_lock:
+            if not self.done():
+                self._callbacks.append(callback)
+                return
+        callback(self)
 
     def cancel(self) -> None:
         """Stop handing out work and abort queued chunks; running items finish."""
@@ -107,8 +121,16 @@ class MapHandle:
                 display.close()
         if not finished:
             raise TimeoutError(f"map not finished after {timeout} s")
+        return self.value()
+
+    def value(self) -> list[Any]:
+        """The results of the ended map (no waiting), or its error raised."""
         results = self.run.results()
         return self.resume.merge(results, self.run.ordered) if self.resume else results
+
+    def __repr__(self) -> str:
+        p = self.progress()
+        return f"<kubemagic map: {p.done}/{p.total} items, {p.state}>"
 
     # -- the loop (its own thread) ---------------------------------------------------------
     def _dispatch(self) -> None:
@@ -160,9 +182,16 @@ class MapHandle:
         finally:
             self._abort_inflight()
             self.output.close()
-            self._finished.set()
+            with self._callback_lock:
+                self._finished.set()
+                callbacks, self._callbacks = self._callbacks, []
             self.events.emit(Topic.PROGRESS)
             self.events.emit(Topic.MAP)
+            for callback in callbacks:
+                try:
+                    callback(self)
+                except Exception:  # a broken callback must not hide the map's own result
+                    log.warning("a map's done-callback failed", exc_info=True)
 
     def _fill(self, ready: list[int]) -> None:
         """Give every ready engine up to PIPELINE chunks; an idle one may get a copy of a

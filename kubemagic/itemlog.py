@@ -20,7 +20,7 @@ from .remote import MARK_END, MARK_START
 Stream = Literal["stdout", "stderr"]
 
 #: how the cell learns where the lines it was not shown are
-HELD_BACK_HINT = "%kubemap logs --items"
+HELD_BACK_HINT = "%kubemap output"
 
 
 @dataclass(frozen=True)

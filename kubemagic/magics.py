@@ -15,8 +15,11 @@ Line magic::
     %kubemap scale N           resize the fleet (drains before removing engines)
     %kubemap stop              stop engines and controller (the next cell starts anew)
     %kubemap logs [LINES]      recent engine output (pod logs on Kubernetes)
+    %kubemap output [ITEM]     what the last map's items printed (all, or one item's)
     %kubemap widget            show the live widget
     %kubemap start [options]   start engines without mapping (same options as the cell)
+    %kubemap wait | cancel     wait for / cancel maps started with --background
+    %kubemap cache [clear]     the result cache of --cache: where, how big; or empty it
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from IPython.core.magic_arguments import (
 )
 
 from . import session as session_mod
+from . import subcommands
 from ._kernel import in_kernel
 from .backends import (
     AUTO,
@@ -46,6 +50,7 @@ from .backends import (
 )
 from .errors import SessionError, UsageError, as_flags
 from .magicline import literal_string, split_func_iterable, split_options
+from .subcommands import SUBCOMMANDS, USAGE
 
 
 def engine_options(func: Any) -> Any:
@@ -90,6 +95,14 @@ class KubeMagics(Magics):
               help="put failing items' exceptions in the results instead of raising")
     @argument("--start-timeout", type=float, default=None,
               help="seconds to wait for engines to connect")
+    @argument("--cache", nargs="?", const=True, default=None, metavar="DIR",
+              help="keep each result on disk as it arrives (default DIR: your cache "
+                   "directory); a re-run, even after a crash, computes only what is missing")
+    @argument("--no-speculate", action="store_true",
+              help="never run a copy of a straggling chunk (functions with side effects)")
+    @argument("--background", action="store_true",
+              help="return at once; the results go to --out when the map ends "
+                   "(%%kubemap wait / cancel)")
     @argument("--idle-timeout", type=float, default=None,
               help="seconds without a map before a new session's engines are scaled to zero "
                    "(0: never; default 1800 on Kubernetes, off locally)")
@@ -103,7 +116,8 @@ class KubeMagics(Magics):
         then FUNC is mapped over ITERABLE with a load-balanced, adaptive-chunk map.
 
         Line: ``%kubemap FUNC ITERABLE [options]`` maps a function defined earlier;
-        ``%kubemap status | scale N | stop | logs [LINES] | widget | start [options]``.
+        ``%kubemap status | scale N | stop | logs [LINES] | output [ITEM] | widget |
+        start [options] | wait | cancel | cache [clear]``.
         """
         parser = self.kubemap.parser
         flags = frozenset(parser._option_string_actions)  # argparse's table of -x/--name
@@ -120,90 +134,21 @@ class KubeMagics(Magics):
         _check_out(args.out)
         words = parts.head.split()
         if cell is None and words and words[0] in SUBCOMMANDS:
-            return self._line(words[0], words[1:], args)
+            return subcommands.run(words[0], words[1:], start=lambda: self._session(args),
+                                   show=self._show, cache=args.cache)
         if cell is None and not words:
             raise UsageError(
                 "%kubemap needs a subcommand, or FUNC and ITERABLE",
-                fix="use %kubemap status | scale N | stop | logs | widget | start, or "
-                "%kubemap FUNC ITERABLE [options] to map a function defined earlier",
+                fix=f"use %kubemap {USAGE}, or %kubemap FUNC ITERABLE [options] to map a "
+                "function defined earlier",
             )
         if cell is None and len(words) == 1:
             close = difflib.get_close_matches(words[0], SUBCOMMANDS, n=1)
             hint = f"did you mean %kubemap {close[0]}? " if close else ""
             raise UsageError(f"unknown subcommand {words[0]!r}",
-                             fix=hint + "use status | scale N | stop | logs | widget | start, "
-                             "or %kubemap FUNC ITERABLE to map")
+                             fix=hint + f"use {USAGE}, or %kubemap FUNC ITERABLE to map")
         func, iterable = split_func_iterable(parts.head)
         return self._map(args, func, iterable, cell or "")
-
-    # -- line ----------------------------------------------------------------------------
-    def _line(self, cmd: str, params: list[str], args: Any) -> Any:
-        """A subcommand. Subcommands win over notebook names: to map a function called
-        ``status``, write it as an expression, ``%kubemap (status) xs``."""
-        takes = {"scale": 1, "logs": 1}
-        if len(params) > takes.get(cmd, 0):
-            raise UsageError(
-                f"%kubemap {cmd} takes {takes.get(cmd, 0) or 'no'} argument(s), "
-                f"not {' '.join(params)!r}",
-                fix=f"to map a function named {cmd!r}, write %kubemap ({cmd}) ITERABLE",
-            )
-        if cmd == "start":
-            session = self._session(args)
-            return self._show(session)
-        if cmd == "widget":
-            return self._show(self._existing())
-        if cmd == "status":
-            self._print_status()
-            return None
-        if cmd == "stop":
-            existing = session_mod.current()
-            if existing is not None:
-                existing.stop()
-            print("kubemagic: engines and controller stopped")
-            return None
-        if cmd == "logs":
-            lines = _int_param(params, "logs LINES", default=200)
-            print(self._existing().logs(tail=lines))
-            return None
-        if cmd == "scale":
-            if len(params) != 1:
-                raise UsageError("%kubemap scale needs one number",
-                                 fix="e.g. %kubemap scale 8")
-            n = _int_param(params, "scale N", default=None)
-            self._existing().scale(n)
-            print(f"kubemagic: {n} engine(s)")
-            return None
-        raise AssertionError(f"unhandled subcommand {cmd}")  # SUBCOMMANDS lists the above
-
-    def _existing(self) -> session_mod.KubeCluster:
-        existing = session_mod.current()
-        if existing is None or existing.state != "running":
-            raise SessionError("no engines are running in this kernel",
-                               fix="run a %%kubemap cell or %kubemap start first")
-        return existing
-
-    def _print_status(self) -> None:
-        existing = session_mod.current()
-        if existing is None:
-            print("kubemagic: no session in this kernel (a %%kubemap cell starts one)")
-            return
-        st = existing.status()
-        print(f"kubemagic {st['cluster_id']}: {st['backend']} backend, {st['state']}, "
-              f"{st['ready']}/{st['requested']} engines ready")
-        for row in st["engines"]:
-            print(f"  slot {row.get('index')}: engine {row.get('engine', '-')} "
-                  f"{row.get('name', '')} {row.get('state', '')} "
-                  f"{row.get('phase', '')} {row.get('reason', '')}".rstrip())
-        rp = st["replay"]
-        print(f"  replayed to new engines: pushed {rp['pushed_names'] or 'nothing'}, "
-              f"{rp['code_blocks']} code block(s)")
-        if st["map"]:
-            m = st["map"]
-            print(f"  last map: {m['done']}/{m['total']} items, {m['state']}")
-        if st["notice"]:
-            print(f"  {st['notice']}")
-        if st["last_error"]:
-            print(f"  last error: {st['last_error']}")
 
     # -- cell ----------------------------------------------------------------------------
     def _map(self, args: Any, func_expr: str, items_expr: str, cell: str) -> Any:
@@ -234,8 +179,11 @@ class KubeMagics(Magics):
         handle = session.map_async(
             func, items, chunksize=args.chunksize, ordered=not args.unordered,
             retries=args.retries, timeout=args.timeout,
-            return_exceptions=args.return_exceptions,
+            return_exceptions=args.return_exceptions, speculate=not args.no_speculate,
+            cache=args.cache,
         )
+        if args.background:
+            return _in_background(handle, shell.user_ns, args.out)
         results = handle.result(progress=not args.no_progress and not widget_shown)
         if args.out:
             shell.user_ns[args.out] = results
@@ -315,9 +263,6 @@ class KubeMagics(Magics):
             print(repr(session))
 
 
-SUBCOMMANDS = ("status", "scale", "stop", "logs", "widget", "start")
-
-
 def _parses(text: str) -> bool:
     try:
         compile(text, "<kubemap>", "eval")
@@ -334,16 +279,18 @@ def _check_out(name: str | None) -> None:
                      fix="use a plain Python name, e.g. --out results")
 
 
-def _int_param(params: list[str], usage: str, default: int | None) -> int:
-    if not params:
-        if default is None:
-            raise UsageError(f"missing number in %kubemap {usage}", fix=f"%kubemap {usage}")
-        return default
-    try:
-        return int(params[0])
-    except ValueError:
-        raise UsageError(f"{params[0]!r} is not a whole number",
-                         fix=f"use %kubemap {usage} with an integer") from None
+def _in_background(handle: Any, user_ns: dict[str, Any], out: str | None) -> Any:
+    """Leave the map running; bind ``out`` to its results when it ends (on success)."""
+    if out:
+        def bind(ended: Any) -> None:
+            if ended.progress().state == "done":
+                user_ns[out] = ended.value()
+
+        handle.add_done_callback(bind)
+    where = f"the results go to {out!r} when it ends" if out else "the cell's value is its handle"
+    print(f"kubemagic: the map runs in the background; {where}. %kubemap wait waits for it "
+          "(and raises its error), %kubemap cancel stops it")
+    return None if out else handle
 
 
 def show_error(shell: Any, etype: type, value: BaseException, tb: Any,

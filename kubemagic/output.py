@@ -3,7 +3,7 @@
 ipyparallel streams each task's stdout/stderr to the client as it is written; the text
 grows on the task's ``AsyncResult``. :class:`MapOutput` polls the map's tasks (from the
 dispatcher's thread), turns the text into item-tagged lines (:mod:`kubemagic.itemlog`),
-keeps every line for ``%kubemap logs --items``, and queues the cell's share for the thread
+keeps every line for ``%kubemap output``, and queues the cell's share for the thread
 that waits on the map, which prints it into the cell.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .itemlog import Line, OutputLog, TaskOutput
 
-#: lines shown in the cell per map; the rest are kept for ``%kubemap logs --items``
+#: lines shown in the cell per map; the rest are kept for ``%kubemap output``
 CELL_LINES = 200
 #: at the map's end, how long to wait for output still travelling (it may trail the result)
 TRAILING_S = 1.0

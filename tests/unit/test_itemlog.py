@@ -73,7 +73,7 @@ def test_the_cell_gets_at_most_cap_lines_then_one_held_back_line():
     assert len(log.lines) == 7 and log.held_back == 4
     notice = log.held_back_notice()
     assert notice is not None and "4 more lines" in notice
-    assert "%kubemap logs --items" in notice
+    assert "%kubemap output" in notice
 
 
 def test_no_held_back_line_when_the_cell_saw_everything():
