@@ -29,7 +29,9 @@ def __getattr__(name: str) -> Any:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext kubemagic``: register the magics."""
-    from .magics import KubeMagics, show_error
+    from .magics import KubeMagics, report_background_failures, show_error
 
     ipython.register_magics(KubeMagics)
     ipython.set_custom_exc((KubemagicError,), show_error)
+    if report_background_failures not in ipython.events.callbacks["pre_run_cell"]:
+        ipython.events.register("pre_run_cell", report_background_failures)

@@ -53,6 +53,27 @@ def check_session(n: Any, retries: Any, start_timeout: Any, idle_timeout: Any
     return target, start, idle
 
 
+def check_adapt(minimum: Any, maximum: Any) -> tuple[int, int]:
+    """Adaptive bounds: whole numbers, 0 <= minimum <= maximum, maximum within the
+    administrator's limit."""
+    low = check_count(minimum, "the adaptive minimum", minimum=0)
+    high = check_count(maximum, "the adaptive maximum", minimum=1)
+    if low > high:
+        raise UsageError(f"--adapt {low}:{high}: the minimum is above the maximum",
+                         fix="give MIN:MAX with MIN <= MAX, e.g. --adapt 0:8")
+    settings().check_engines(high)
+    return low, high
+
+
+def parse_adapt(text: str) -> tuple[int, int]:
+    """``--adapt MIN:MAX`` from the magic."""
+    low, sep, high = text.partition(":")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        raise UsageError(f"--adapt {text!r} is not MIN:MAX",
+                         fix="e.g. --adapt 0:8 (between 0 and 8 engines, following the work)")
+    return check_adapt(int(low), int(high))
+
+
 def check_chunksize(value: Any) -> int | str:
     """``"auto"`` or a positive integer (a digit string from the magic counts)."""
     if value == "auto":

@@ -54,6 +54,9 @@ class MapHandle:
         self.timeout = timeout
         self.return_exceptions = return_exceptions
         self.resume = resume
+        #: the variable its results go to (``--out``), for ``%kubemap wait NAME``
+        self.name: str | None = None
+        self.seen = False  # whether a caller of result() saw the outcome
         self.run = MapRun(
             total=len(args), planner=ChunkPlanner(len(args), chunksize), retries=retries,
             return_exceptions=return_exceptions, ordered=ordered,
@@ -61,6 +64,7 @@ class MapHandle:
             item_numbers=resume.todo.__getitem__ if resume else None,
         )
         self._cancel = threading.Event()
+        self._engines_gone = False
         self._finished = threading.Event()
         self._thread = threading.Thread(target=self._dispatch, name="kubemagic-map",
                                         daemon=True)
@@ -90,8 +94,12 @@ class MapHandle:
                 return
         callback(self)
 
-    def cancel(self) -> None:
-        """Stop handing out work and abort queued chunks; running items finish."""
+    def cancel(self, engines_gone: bool = False) -> None:
+        """Stop handing out work and abort queued chunks; running items finish.
+
+        ``engines_gone``: the session is shutting down: end at once, and say so (waiting
+        for running items would only wait for engines that are being removed)."""
+        self._engines_gone = self._engines_gone or engines_gone
         self._cancel.set()
 
     def result(self, timeout: float | None = None, progress: bool = False) -> list[Any]:
@@ -121,6 +129,7 @@ class MapHandle:
                 display.close()
         if not finished:
             raise TimeoutError(f"map not finished after {timeout} s")
+        self.seen = True  # someone waited: its outcome reached a cell
         return self.value()
 
     def value(self) -> list[Any]:
@@ -141,7 +150,8 @@ class MapHandle:
         try:
             while run.active:
                 if self._cancel.is_set():
-                    run.cancel()
+                    run.cancel(None if not self._engines_gone else
+                               "the engines were shut down (Shut down / %kubemap stop)")
                     break
                 if deadline is not None and time.monotonic() > deadline:
                     run.fail(KubemagicError(
@@ -274,8 +284,9 @@ class MapHandle:
         if not self._inflight:
             return
         self.fleet.abort([m for ar in self._inflight for m in ar.msg_ids])
-        # wait briefly so engines are idle again for the next cell (running items finish)
-        concurrent.futures.wait(list(self._inflight), timeout=10)
+        if not self._engines_gone:
+            # wait briefly so engines are idle again for the next cell (running items finish)
+            concurrent.futures.wait(list(self._inflight), timeout=10)
         for ar in list(self._inflight):
             _, eid = self._inflight.pop(ar)
             self.fleet.settle(eid)

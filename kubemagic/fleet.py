@@ -228,17 +228,20 @@ class Fleet:
                     fix="only picklable objects can be sent; convert or drop the object",
                 ) from None
             if entry.kind == "push":
-                self.replay.push(entry.payload)
+                recorded = self.replay.push(entry.payload)
             else:
-                self.replay.execute(entry.payload)
+                recorded = self.replay.execute(entry.payload)
         for ar in pending:
             try:
                 wait_future(ar)
             except ipp.error.RemoteError as e:
+                if entry.kind == "execute":  # replaying it would fail on every new engine
+                    self.replay.remove(recorded)
                 raise SessionError(
                     f"the {what} failed on the engines: {e.ename}: {e.evalue}",
-                    fix="fix the code; it is recorded and will also run on engines that "
-                    "join later, so a failing import must be fixed in the engine image",
+                    fix="fix the code and run the cell again (the failed code is not "
+                    "replayed to engines that join later); a module missing on the engines "
+                    "must be installed in the engine image",
                 ) from None
 
     # -- scaling -----------------------------------------------------------------------------

@@ -278,13 +278,16 @@ class MapRun:
             self.error = error
             self._finish("failed")
 
-    def cancel(self) -> None:
+    def cancel(self, why: str | None = None) -> None:
+        """End the map; ``why``: the engines went away (else: a user's cancel)."""
         if self.active:
             from .errors import KubemagicError
 
             self.error = KubemagicError(
-                f"map cancelled after {self.done} of {self.total} items",
-                fix="run the cell again; the engines and pushed data are still there",
+                f"map cancelled after {self.done} of {self.total} items"
+                + (f": {why}" if why else ""),
+                fix="run the cell again: a new session starts engines" if why else
+                "run the cell again; the engines and pushed data are still there",
             )
             self._finish("cancelled")
 

@@ -22,6 +22,11 @@ from .fleet import Fleet
 from .idle import IdleWatch
 from .startup import wait_for_engines
 
+#: how often an adaptive fleet compares its size with the work (seconds)
+ADAPT_INTERVAL_S = 0.5
+#: how long an adaptive fleet keeps engines it has no work for before shrinking (seconds)
+ADAPT_DOWN_S = 10.0
+
 
 class Scaler:
     """Scale operations of one session; ``launcher`` returns the backend's engine launcher."""
@@ -41,6 +46,8 @@ class Scaler:
         self._lock = threading.RLock()
         self._idle: IdleWatch | None = None
         self._busy: Callable[[], bool] = lambda: False
+        self._adapting: tuple[int, int] | None = None  # (min, max) while adaptive
+        self._scaling: Any = None  # the last scale's future
         self._parked = 0  # engines to start again after an idle park
         self._waking = False  # bringing them back: the idle watch must not park meanwhile
 
@@ -55,7 +62,7 @@ class Scaler:
             self.fleet.drain_above(n)
         self.fleet.refresh()
         before = len(self.fleet.ready())
-        fut = self._loop.submit(self._scale(n))
+        fut = self._scaling = self._loop.submit(self._scale(n))
         fut.add_done_callback(self._scale_done)
         if wait:
             wait_future(fut, timeout=self.start_timeout + 60)
@@ -83,6 +90,45 @@ class Scaler:
         while leaving & self.fleet.registered() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         self.fleet.forget_draining()
+
+    # -- adaptive ------------------------------------------------------------------------
+    def adapt(self, low: int, high: int, pending: Callable[[], int]) -> None:
+        """Follow the work: ``pending()`` items -> that many engines, within [low, high].
+
+        Up at once (work is waiting); down only after ADAPT_DOWN_S with less work, so a
+        cell that maps again right away finds its engines (a scale-down drains, never
+        loses a chunk). Stopped by :meth:`stop_adapting` (a manual scale).
+        """
+        self._adapting = (low, high)
+        self.notice = f"adaptive: {low} to {high} engines, following the work"
+        self._loop.submit(self._adapt_loop(low, high, pending))
+
+    def stop_adapting(self) -> None:
+        if self._adapting is not None:
+            self._adapting = None
+            self.notice = ""
+
+    @property
+    def adaptive(self) -> bool:
+        return self._adapting is not None
+
+    async def _adapt_loop(self, low: int, high: int, pending: Callable[[], int]) -> None:
+        since_more = time.monotonic()  # when the fleet last had enough work for its size
+        while self._adapting == (low, high):
+            await asyncio.sleep(ADAPT_INTERVAL_S)
+            if self._parked or (self._scaling is not None and not self._scaling.done()):
+                continue  # parked when idle (the next map wakes it), or still resizing
+            want = max(low, min(high, pending()))
+            now = time.monotonic()
+            if want >= self.fleet.target:
+                since_more = now
+            if want > self.fleet.target or (
+                    want < self.fleet.target and now - since_more >= ADAPT_DOWN_S):
+                try:
+                    self.scale(want, wait=False)
+                except Exception as e:  # say it; keep following the work
+                    self._report(f"adaptive scaling to {want} failed: {e}")
+                since_more = now
 
     # -- idle engines ---------------------------------------------------------------------
     def watch_idle(self, timeout: float, busy: Callable[[], bool]) -> None:

@@ -9,19 +9,16 @@ down from here (dispatch → fleet → engines); changes come back up as
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import logging
 import sys
 import uuid
-import weakref
 from typing import Any, Callable, ContextManager, Iterable
 
 import ipyparallel as ipp
 
-from . import controller
+from . import controller, lifetime
 from ._loop import shared_loop
-from .arguments import (check_chunksize, check_code, check_count, check_names,
+from .arguments import (check_adapt, check_chunksize, check_code, check_count, check_names,
                         check_session, materialize)
 from .backends import BackendSpec, make_backend_spec
 from .config import settings
@@ -104,11 +101,7 @@ class KubeCluster:
             report=self._report)
         self.controller = controller.Controller(self.spec, self.cluster_id, self._loop)
         self._widget: Any = None
-        _live_sessions.add(self)
-        # run our atexit hook before ipyparallel's and the kubernetes client's own (atexit is
-        # LIFO and they register at import time, possibly after kubemagic was imported)
-        atexit.unregister(_stop_all)
-        atexit.register(_stop_all)
+        lifetime.track(self)
 
     # -- lifecycle ----------------------------------------------------------------------
     def __enter__(self) -> "KubeCluster":
@@ -155,10 +148,14 @@ class KubeCluster:
         if self.state == "stopped":
             return
         for handle in self.maps:
-            handle.cancel()
+            handle.cancel(engines_gone=True)
         self._teardown()
         self.state = "stopped"
         self._events.emit(Topic.STATE)
+        # nothing of a stopped session stays in memory, even while a widget still shows it
+        self.replay.clear()
+        self.maps = []
+        set_remote_names(frozenset())
 
     def _teardown(self) -> None:
         self.fleet.detach()
@@ -166,7 +163,7 @@ class KubeCluster:
         if problem:
             self.last_error = problem
             log.warning(problem)
-        _live_sessions.discard(self)
+        lifetime.untrack(self)
 
     @property
     def launcher(self) -> Any:
@@ -222,7 +219,16 @@ class KubeCluster:
         n = check_count(n, "the engine count", minimum=0)
         settings().check_engines(n)
         self._require_running()
+        self.scaler.stop_adapting()  # a size asked for by hand ends adaptive scaling
         self.scaler.scale(n, wait)
+
+    def adapt(self, minimum: int, maximum: int) -> None:
+        """Scale with the work: as many engines as items wait, within [minimum, maximum];
+        back to ``minimum`` when the maps are done. A later :meth:`scale` ends it."""
+        low, high = check_adapt(minimum, maximum)
+        self._require_running()
+        self.scaler.adapt(low, high, pending=lambda: sum(
+            p.total - p.done for p in (m.progress() for m in self.maps if not m.done())))
 
     def engine_states(self) -> list[dict[str, Any]]:
         """Per-slot state for displays: the launcher's view merged with the engines'."""
@@ -240,6 +246,14 @@ class KubeCluster:
         self._require_running()
         self.fleet.broadcast(Entry("push", ns), what=f"push of {', '.join(sorted(ns))}")
         # engines hold these now: functions look them up there instead of carrying them
+        set_remote_names(frozenset(self.replay.summary()["pushed_names"]))
+
+    def forget(self, name: str) -> None:
+        """Drop a pushed name from the replay log: engines that join later do not get it and
+        the kernel releases its copy (engines running now keep theirs)."""
+        if not self.replay.forget(name):
+            raise UsageError(f"{name!r} is not in the replay log",
+                             fix="%kubemap status lists the pushed names")
         set_remote_names(frozenset(self.replay.summary()["pushed_names"]))
 
     def execute(self, code: str) -> None:
@@ -282,18 +296,18 @@ class KubeCluster:
         self.scaler.wake()
         if not iterables:
             raise UsageError("map needs at least one iterable", fix="map(func, items)")
-        if self.n == 0:
+        if self.n == 0 and not self.scaler.adaptive:
             raise SessionError("the fleet is scaled to 0 engines",
                                fix="scale up first: %kubemap scale N (or cluster.scale(N))")
         resume, args = plan(cache, func, materialize(iterables), self.replay)
         handle = MapHandle(
             self.fleet, self._events, func, args, chunksize=check_chunksize(chunksize),
-            ordered=ordered,
+            ordered=ordered, timeout=timeout, return_exceptions=return_exceptions,
             retries=self.retries if retries is None else check_count(retries, "retries", 0),
-            timeout=timeout, return_exceptions=return_exceptions,
-            starve_timeout=self.start_timeout, speculate=speculate, resume=resume,
-        )
-        self.maps = [m for m in self.maps if not m.done()] + [handle]
+            starve_timeout=self.start_timeout, speculate=speculate, resume=resume)
+        # kept: running maps, and named ones whose outcome no one has seen (%kubemap wait)
+        self.maps = [m for m in self.maps if not m.done() or (m.name and not m.seen)]
+        self.maps.append(handle)
         handle.start()
         self._events.emit(Topic.MAP)
         return handle
@@ -365,7 +379,6 @@ class KubeCluster:
 
 
 # -- one session per kernel ----------------------------------------------------------------
-_live_sessions: "weakref.WeakSet[KubeCluster]" = weakref.WeakSet()
 _current: KubeCluster | None = None
 
 
@@ -384,15 +397,3 @@ def current(create: bool = False, **kwargs: Any) -> KubeCluster | None:
         raise
     return _current
 
-
-def set_current(session: KubeCluster | None) -> None:
-    global _current
-    _current = session
-
-
-@atexit.register
-def _stop_all() -> None:
-    """Kernel shutdown or restart: stop every session (engines, pods, controller)."""
-    for session in list(_live_sessions):
-        with contextlib.suppress(Exception):
-            session.stop()

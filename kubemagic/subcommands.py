@@ -15,11 +15,11 @@ from .errors import SessionError, UsageError
 from .itemlog import format_line
 
 SUBCOMMANDS = ("status", "scale", "stop", "logs", "output", "widget", "start", "wait",
-               "cancel", "cache")
-USAGE = ("status | scale N | stop | logs [LINES] | output [ITEM] | widget | start | wait | "
-         "cancel | cache [clear]")
+               "cancel", "cache", "forget")
+USAGE = ("status | scale N | stop | logs [LINES] | output [ITEM] | widget | start | "
+         "wait [NAME] | cancel [NAME] | cache [clear] | forget NAME")
 #: how many words each subcommand takes at most
-_TAKES = {"scale": 1, "logs": 1, "output": 1, "cache": 1}
+_TAKES = {"scale": 1, "logs": 1, "output": 1, "cache": 1, "wait": 1, "cancel": 1, "forget": 1}
 
 
 def run(cmd: str, params: list[str], *, start: Callable[[], Any],
@@ -52,12 +52,18 @@ def run(cmd: str, params: list[str], *, start: Callable[[], Any],
         existing().scale(n)
         return print(f"kubemagic: {n} engine(s)")
     if cmd == "wait":
-        return wait_for_maps()
+        return wait_for_maps(chosen_maps(params, waiting=True))
     if cmd == "cancel":
-        running = [m for m in existing().maps if not m.done()]
+        running = chosen_maps(params, waiting=False)
         for handle in running:
             handle.cancel()
         return print(f"kubemagic: {len(running)} map(s) cancelled; the engines stay")
+    if cmd == "forget":
+        if not params:
+            raise UsageError("%kubemap forget needs the pushed name to drop",
+                             fix="e.g. %kubemap forget weights (%kubemap status lists them)")
+        existing().forget(params[0])
+        return print(f"kubemagic: {params[0]!r} dropped from the replay log")
     if cmd == "cache":
         return cache_command(params, cache)
     raise AssertionError(f"unhandled subcommand {cmd}")  # SUBCOMMANDS lists the above
@@ -84,7 +90,8 @@ def print_status() -> None:
               f"{row.get('name', '')} {row.get('state', '')} "
               f"{row.get('phase', '')} {row.get('reason', '')}".rstrip())
     rp = st["replay"]
-    print(f"  replayed to new engines: pushed {rp['pushed_names'] or 'nothing'}, "
+    pushed = ", ".join(f"{name} ({size / 1e6:.1f} MB)" for name, size in rp["sizes"].items())
+    print(f"  replayed to new engines: pushed {pushed or 'nothing'}, "
           f"{rp['code_blocks']} code block(s)")
     if st["map"]:
         m = st["map"]
@@ -109,11 +116,23 @@ def print_output(params: list[str]) -> None:
     print("\n".join(format_line(line) for line in lines) or "kubemagic: no output")
 
 
-def wait_for_maps() -> None:
-    """Block until every running map ended (progress and output shown); raise the first
-    failure, so "Run All" stops at the cell that waits, like at a failing map cell."""
+def chosen_maps(params: list[str], waiting: bool) -> list[Any]:
+    """The running maps (to wait for: also ended ones whose outcome no cell has seen), or
+    just the one whose results go to ``--out NAME``."""
+    maps = [m for m in existing().maps if not m.done() or (waiting and not m.seen)]
+    if not params:
+        return maps
+    named = [m for m in maps if m.name == params[0]]
+    if not named:
+        raise UsageError(f"no running map stores its results in {params[0]!r}",
+                         fix="%kubemap status shows the running maps; leave NAME out for all")
+    return named
+
+
+def wait_for_maps(running: list[Any]) -> None:
+    """Block until the maps ended (progress and output shown); raise the first failure,
+    so "Run All" stops at the cell that waits, as at a failing map cell."""
     failures = []
-    running = [m for m in existing().maps if not m.done()]
     for handle in running:
         try:
             handle.result(progress=True)

@@ -76,7 +76,7 @@ def test_sync_imports_keeps_aliases(kernel):
 def test_status_line_magic(kernel):
     out = kernel.run("%kubemap status")
     assert "local backend, running, 2/2 engines ready" in out
-    assert "pushed ['weights']" in out
+    assert "pushed weights (0.0 MB)" in out, out
 
 
 BAD_INPUT = [

@@ -134,7 +134,7 @@ def test_data_and_imports(kernel_spec, tmp_path):
     assert "(['apple', 'pear', 'plum'], 1.25, 1.0, 2.5, '1/2', True, True)" in probe
     status = text(cell(nb, "%kubemap status"))
     assert "3/3 engines ready" in status
-    assert "pushed ['prices', 'tax', 'threshold']" in status
+    assert "pushed prices (0.0 MB), tax (0.0 MB), threshold (0.0 MB)" in status
 
 
 def test_scaling_and_failures(kernel_spec, tmp_path):

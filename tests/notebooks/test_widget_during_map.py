@@ -52,3 +52,16 @@ def test_stop_click_cancels_pending_work_and_keeps_engines(kernel):
     out = kernel.run("import kubemagic\ns = kubemagic.current()\n"
                      "print(s.state, s.map(abs, [-1, -2], progress=False))")
     assert out.strip() == "running [1, 2]", out
+
+
+def test_shut_down_click_ends_the_map_at_once_saying_the_engines_are_gone(kernel):
+    msg_id = kernel.submit(SLOW_MAP.replace("time.sleep(0.15)", "time.sleep(30)"))
+    shut = kernel.find_model("ButtonModel", description="Shut down")
+    kernel.poll_iopub(1.0)  # both engines are inside a 30 s item now
+    kernel.click(shut)
+    _, errors = kernel.collect(msg_id, timeout=25)  # not after the running items' 30 s
+    assert len(errors) == 1, errors
+    assert "the engines were shut down" in errors[0]["evalue"], errors
+    assert "still there" not in errors[0]["evalue"], errors
+    out = kernel.run("import kubemagic\nprint(kubemagic.current().state)")
+    assert out.strip() == "stopped", out

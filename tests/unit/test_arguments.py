@@ -58,3 +58,12 @@ def test_materialize_names_the_position_where_the_iterable_failed():
 
     with pytest.raises(UsageError, match="ValueError: row 3 is corrupt while producing item 3"):
         materialize((items(),))
+
+
+def test_parse_adapt():
+    from kubemagic.arguments import parse_adapt
+
+    assert parse_adapt("0:8") == (0, 8)
+    for bad in ("8", "a:b", "4:2", "-1:3", ""):
+        with pytest.raises(UsageError, match="--adapt|adaptive"):
+            parse_adapt(bad)
