@@ -66,6 +66,8 @@ class Fleet:
     def attach(self, client: ipp.Client) -> None:
         """Start tracking ``client``'s engines (those registered already, then every new one)."""
         self._client = client
+        # ipyparallel has no public hook for this; its own wait_for_engines uses the same
+        # list (tested with ipyparallel 9.2)
         client._registration_callbacks.append(self._on_registration)
         for eid in list(client.ids):
             self._queue.put(("register", eid))
