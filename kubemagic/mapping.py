@@ -97,6 +97,7 @@ class MapRun:
     _next_id: int = 0
     _results: list = field(default_factory=list)
     _completion_order: list[int] = field(default_factory=list)
+    _suspect: set[int] = field(default_factory=set)  # items on engines that died
     done: int = 0
     failures: int = 0
     retried_chunks: int = 0
@@ -135,7 +136,10 @@ class MapRun:
         if not self.active or not self._pending:
             return None
         start, stop, attempt = self._pending[0]
-        end = min(stop, start + self.planner.size(self.remaining, engines))
+        # items of a chunk whose engine died go out one by one: if one of them kills its
+        # engine (out of memory), it alone is retried, and the error can name it
+        size = 1 if start in self._suspect else self.planner.size(self.remaining, engines)
+        end = min(stop, start + size)
         if end == stop:
             self._pending.popleft()
         else:
@@ -231,17 +235,27 @@ class MapRun:
         if self._spec.landed(chunk, self.clock()) is not None or not self.active:
             return
         if chunk.attempt >= self.retries:
-            self.fail(
-                SessionError(
-                    f"items {chunk.start}..{chunk.stop - 1} were lost {chunk.attempt + 1} "
-                    f"time(s): {reason}",
-                    fix="raise --retries (retries=...) or look at the engines' logs "
-                    "(%kubemap logs) for why they die",
-                )
-            )
+            self.fail(self._lost_error(chunk, reason))
             return
+        if len(chunk) > 1:
+            self._suspect.update(range(chunk.start, chunk.stop))
         self.retried_chunks += 1
         self._requeue_range(chunk.start, chunk.stop, chunk.attempt + 1)
+
+    def _lost_error(self, chunk: Chunk, reason: str) -> SessionError:
+        times = f"{chunk.attempt + 1} time(s)"
+        if len(chunk) == 1:
+            number = chunk.start if self.item_numbers is None else self.item_numbers(chunk.start)
+            return SessionError(
+                f"item {number} ({self._repr(chunk.start)}) was running each time its engine "
+                f"died, {times} ({reason}): the item itself probably kills the engine — out "
+                "of memory, or a crash in native code",
+                fix="give the engines more memory (--memory on Kubernetes) or fix the "
+                "function for this item; --retries N tries more often")
+        return SessionError(
+            f"items {chunk.start}..{chunk.stop - 1} were lost {times}: {reason}",
+            fix="raise --retries (retries=...) or look at the engines' logs "
+            "(%kubemap logs) for why they die")
 
     def release(self, chunk: Chunk) -> None:
         """Take back a chunk that was never sent (its engine vanished): no attempt used.

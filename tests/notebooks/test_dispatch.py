@@ -61,3 +61,22 @@ def test_two_maps_run_at_once_on_the_same_engines(session):
     assert b.result(timeout=60) == [-x for x in range(40)]
     assert a.result(timeout=60) == list(range(40))
     assert session.status()["running_maps"] == 0
+
+
+def kills_its_engine(x: int) -> int:
+    """Item 7 takes its engine down, as an out-of-memory kill does."""
+    import os
+
+    if x == 7:
+        os._exit(137)
+    return x
+
+
+def test_a_poison_item_is_named_and_the_fleet_is_whole_again(session):
+    from kubemagic.errors import SessionError
+
+    with pytest.raises(SessionError, match=r"item 7 \(7\) was running each time its engine"):
+        session.map(kills_its_engine, range(20), chunksize=4, progress=False)
+    # the dead engines were replaced: the next map runs on a full fleet
+    assert session.map(abs, range(-3, 3), progress=False, timeout=60) == [3, 2, 1, 0, 1, 2]
+    assert len(session.ready_ids()) == 2

@@ -60,10 +60,29 @@ def test_out_of_retries_fails_with_advice():
     c = run.next_chunk(1)
     run.lost(c, "engine 0 died")
     c2 = run.next_chunk(1)
-    assert (c2.start, c2.stop, c2.attempt) == (0, 10, 1)
+    # the items of a lost chunk go out one by one, so a poison item is found alone
+    assert (c2.start, c2.stop, c2.attempt) == (0, 1, 1)
     run.lost(c2, "engine 1 died")
     assert run.state == "failed" and isinstance(run.error, SessionError)
-    assert "--retries" in str(run.error)
+    assert "--retries" in str(run.error) and "item 0 (" in str(run.error)
+
+
+def test_a_poison_item_is_isolated_and_named_and_the_rest_completes_first():
+    run = MapRun(8, ChunkPlanner(8, 4), retries=1, item_reprs=lambda i: f"<{i}>")
+    first, second = run.next_chunk(2), run.next_chunk(2)
+    run.complete(second, [4, 5, 6, 7], 0.1)
+    run.lost(first, "engine 0 died")  # item 2 kills its engine
+    singles = []
+    while (c := run.next_chunk(2)) is not None:
+        singles.append(c)
+    assert [(c.start, c.stop) for c in singles] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    for c in singles:
+        if c.start == 2:
+            run.lost(c, "engine 1 died")
+        elif run.active:
+            run.complete(c, [c.start], 0.1)
+    assert run.state == "failed"
+    assert "item 2 (<2>) was running each time its engine died" in str(run.error)
 
 
 def test_failing_item_fails_fast_with_its_index():
