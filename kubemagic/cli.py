@@ -19,8 +19,9 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from .backends import FLAG_GROUP, backend_choices, given_options, option_flags
-from .errors import KubemagicError
+from .backends import backend_choices
+from .backends.options import FLAG_GROUP, given_options, option_flags, whole_number
+from .errors import KubemagicError, UsageError
 
 #: numbers per demo item: each item walks the Collatz chains of one block of numbers
 DEMO_BLOCK = 1000
@@ -135,7 +136,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 # -- parser ----------------------------------------------------------------------------------
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     """Every engine option of every backend, spelled as in the magic (declared by the
-    backends: :func:`kubemagic.backends.option_flags`)."""
+    backends: :func:`kubemagic.backends.options.option_flags`)."""
     group = p.add_argument_group(*FLAG_GROUP)
     for flag in option_flags():
         group.add_argument(*flag.args, **flag.kwargs)
@@ -220,13 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
+    """argparse's type for counts: the shared check (:func:`whole_number`), failing as a
+    usage error of the flag argparse names."""
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+        return whole_number(text, "value")
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

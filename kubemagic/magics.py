@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import keyword
+import sys
 from typing import Any
 
 from IPython.core.error import UsageError as IPythonUsageError
@@ -40,13 +41,14 @@ from IPython.core.magic_arguments import (
 from . import session as session_mod
 from . import subcommands
 from ._kernel import in_kernel
-from .backends import (
-    AUTO,
+from .arguments import parse_adapt
+from .backends import AUTO, backend_choices
+from .backends.options import (
     FLAG_GROUP,
-    backend_choices,
     fleet_conflicts,
     given_options,
     option_flags,
+    whole_number,
 )
 from .errors import SessionError, UsageError, as_flags
 from .magicline import literal_string, split_func_iterable, split_options
@@ -98,6 +100,9 @@ class KubeMagics(Magics):
     @argument("--cache", nargs="?", const=True, default=None, metavar="DIR",
               help="keep each result on disk as it arrives (default DIR: your cache "
                    "directory); a re-run, even after a crash, computes only what is missing")
+    @argument("--adapt", default=None, metavar="MIN:MAX",
+              help="follow the work: as many engines as items wait, between MIN and MAX; "
+                   "back to MIN when idle (%%kubemap scale N ends it)")
     @argument("--no-speculate", action="store_true",
               help="never run a copy of a straggling chunk (functions with side effects)")
     @argument("--background", action="store_true",
@@ -182,6 +187,7 @@ class KubeMagics(Magics):
             return_exceptions=args.return_exceptions, speculate=not args.no_speculate,
             cache=args.cache,
         )
+        handle.name = args.out
         if args.background:
             return _in_background(handle, shell.user_ns, args.out)
         results = handle.result(progress=not args.no_progress and not widget_shown)
@@ -194,9 +200,10 @@ class KubeMagics(Magics):
         """The kernel's session: reuse it, scale it if -n differs, or start one."""
         options = line_engine_options(args)
         backend = args.backend or AUTO
-        if args.engines is not None and args.engines < 1:
-            raise UsageError(f"-n/--engines must be at least 1, not {args.engines}",
-                             fix="e.g. -n 4 (to park the fleet without engines: %kubemap scale 0)")
+        if args.engines is not None:
+            whole_number(args.engines, "-n/--engines",
+                         fix="e.g. -n 4 (to park the fleet without engines: %kubemap scale 0)")
+        adapt = parse_adapt(args.adapt) if args.adapt else None
         existing = session_mod.current()
         if existing is not None and existing.state == "running":
             conflicts = ["backend"] if backend not in (AUTO, existing.backend) else []
@@ -209,12 +216,18 @@ class KubeMagics(Magics):
                 )
             if args.engines is not None and args.engines != existing.n:
                 existing.scale(args.engines)
+            if adapt:
+                existing.adapt(*adapt)
             return existing
-        return session_mod.current(
-            create=True, n=args.engines, backend=backend,
+        n = args.engines if args.engines is not None or not adapt else max(1, adapt[0])
+        session = session_mod.current(
+            create=True, n=n, backend=backend,
             retries=args.retries, start_timeout=args.start_timeout,
             idle_timeout=args.idle_timeout, **options,
         )
+        if adapt:
+            session.adapt(*adapt)
+        return session
 
     def _lookup_names(self, spec: str) -> dict[str, Any]:
         names = [n.strip() for n in spec.split(",") if n.strip()]
@@ -279,18 +292,37 @@ def _check_out(name: str | None) -> None:
                      fix="use a plain Python name, e.g. --out results")
 
 
-def _in_background(handle: Any, user_ns: dict[str, Any], out: str | None) -> Any:
-    """Leave the map running; bind ``out`` to its results when it ends (on success)."""
-    if out:
-        def bind(ended: Any) -> None:
-            if ended.progress().state == "done":
-                user_ns[out] = ended.value()
+#: background maps that failed since the last cell ran, said at the start of the next one
+_failed_in_background: list[tuple[Any, str]] = []
 
-        handle.add_done_callback(bind)
+
+def _in_background(handle: Any, user_ns: dict[str, Any], out: str | None) -> Any:
+    """Leave the map running; bind ``out`` to its results when it ends, or say in the next
+    cell's output why it failed."""
+    def ended(handle: Any) -> None:
+        try:
+            value = handle.value()
+        except Exception as e:  # reported, not raised: nobody waits on this thread
+            _failed_in_background.append((handle, (
+                f"kubemagic: the background map{f' for {out!r}' if out else ''} failed: "
+                f"{type(e).__name__}: {e}")))
+            return
+        if out:
+            user_ns[out] = value
+
+    handle.add_done_callback(ended)
     where = f"the results go to {out!r} when it ends" if out else "the cell's value is its handle"
     print(f"kubemagic: the map runs in the background; {where}. %kubemap wait waits for it "
           "(and raises its error), %kubemap cancel stops it")
     return None if out else handle
+
+
+def report_background_failures(info: Any = None) -> None:
+    """IPython ``pre_run_cell`` hook: background maps that failed are said in the next cell."""
+    while _failed_in_background:
+        handle, text = _failed_in_background.pop(0)
+        if not handle.seen:  # not when %kubemap wait already raised it
+            print(text, file=sys.stderr)
 
 
 def show_error(shell: Any, etype: type, value: BaseException, tb: Any,

@@ -119,7 +119,7 @@ def test_ls_and_clean_without_a_cluster_say_what_to_do(tmp_path):
 
 def test_demo_takes_the_engine_options_of_the_magic():
     """The demo's engine flags are the backends' declared options, checked the same way."""
-    from kubemagic.backends import option_flags
+    from kubemagic.backends.options import option_flags
 
     help_text = kubemagic("demo", "--help").stdout
     assert all(flag.args[0] in help_text for flag in option_flags())

@@ -12,6 +12,7 @@ import functools
 import os
 import signal
 import sys
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -20,15 +21,8 @@ from ipyparallel.cluster.launcher import LocalEngineLauncher, LocalEngineSetLaun
 from traitlets import default
 
 from .._guard import PARENT_PID_ENV
-from . import (
-    ENGINE_INDEX_ENV,
-    Backend,
-    BackendSpec,
-    layer_values,
-    option,
-    parse_key_values,
-    parse_options_of,
-)
+from . import ENGINE_INDEX_ENV, Backend, BackendSpec
+from .options import layer_values, option, parse_key_values, parse_options_of
 
 #: ``python -m kubemagic._guard ipyparallel.engine`` — ipengine, tied to the kernel's life
 GUARDED_ENGINE_CMD = [sys.executable, "-m", "kubemagic._guard", "ipyparallel.engine"]
@@ -42,7 +36,7 @@ def _env(value: Any) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class LocalOptions:
-    """The local backend's options, declared once (see :func:`kubemagic.backends.option`).
+    """The local backend's options, declared once (see :func:`kubemagic.backends.options.option`).
 
     Any option of another backend is refused by name (the user expected pods, say), not
     ignored.
@@ -76,6 +70,11 @@ def local_backend(**options: Any) -> BackendSpec:
     )
 
 
+#: an engine that dies this soon after its start (seconds) counts towards a crash loop
+YOUNG_DEATH_S = 10.0
+#: young deaths in a row after which a slot is left empty
+CRASH_LOOP_DEATHS = 3
+
 #: the ``local`` entry point of ``kubemagic.backends``: always available, ``auto``'s last
 #: choice
 BACKEND = Backend(
@@ -101,6 +100,10 @@ class ScalableLocalEngineSetLauncher(LocalEngineSetLauncher):
         super().__init__(**kwargs)
         #: engines told to stop whose exit may not be reported yet
         self._leaving: weakref.WeakSet[LocalEngineLauncher] = weakref.WeakSet()
+        self._stopping = False  # the whole set is going: dead engines are not replaced
+        #: per slot, when its engine started and how many in a row died young
+        self._started: dict[str, float] = {}
+        self._young_deaths: dict[str, int] = {}
 
     def start(self, n: int) -> list[Any]:
         self.n = n
@@ -128,6 +131,7 @@ class ScalableLocalEngineSetLauncher(LocalEngineSetLauncher):
         el.engine_cmd = list(self.engine_cmd)
         el.engine_args = list(self.engine_args)
         el.on_stop(functools.partial(self._notice_engine_stopped, el))
+        self._started[identifier] = time.monotonic()
         return el.start()
 
     def _notice_engine_stopped(self, launcher: LocalEngineLauncher, data: dict[str, Any]) -> None:
@@ -139,6 +143,25 @@ class ScalableLocalEngineSetLauncher(LocalEngineSetLauncher):
             del self.launchers[identifier]
         self.outputs[identifier] = launcher.get_output()
         self.stop_data.setdefault("engines", {})[identifier] = data
+        self._replace(identifier, launcher)
+
+    def _replace(self, identifier: str, launcher: LocalEngineLauncher) -> None:
+        """An engine that died on its own (killed for memory, a crash) is replaced in its
+        slot, as a Kubernetes Job replaces a pod: the fleet keeps its size. One that keeps
+        dying within seconds of its start is a crash loop, not bad luck: the slot stays
+        empty and :meth:`diagnose` says why."""
+        if (self._stopping or launcher in self._leaving or int(identifier) >= self.n
+                or identifier in self.launchers):
+            return
+        young = time.monotonic() - self._started.get(identifier, 0.0) < YOUNG_DEATH_S
+        deaths = self._young_deaths[identifier] = (
+            self._young_deaths.get(identifier, 0) + 1 if young else 0)
+        if deaths < CRASH_LOOP_DEATHS:
+            self._start_slot(int(identifier))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await super().stop()
 
     async def scale(self, n: int) -> None:
         """Start missing slots below ``n``; terminate slots ``>= n`` and wait for them.
@@ -178,7 +201,9 @@ class ScalableLocalEngineSetLauncher(LocalEngineSetLauncher):
     async def diagnose(self) -> str:
         lines = []
         for ident, data in sorted(self.stop_data.get("engines", {}).items()):
-            lines.append(f"engine slot {ident} exited with code {data.get('exit_code')}")
+            code = data.get("exit_code")
+            why = " (killed: out of memory?)" if code in (-9, 137) else ""
+            lines.append(f"engine slot {ident} exited with code {code}{why}")
         output = self.get_output()
         if output:
             lines.append("last engine output:\n" + "\n".join(output.splitlines()[-20:]))

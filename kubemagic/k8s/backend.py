@@ -9,16 +9,15 @@ becomes one error naming the problem and its fix, before the controller starts.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
 from traitlets.config import Config
 
-from ..backends import BackendSpec, layer_values
+from ..backends import BackendSpec
+from ..backends.options import layer_values
 from ..config import settings
-from ..errors import PermissionDenied, UsageError
-from . import incluster
+from ..errors import UsageError
+from . import incluster, queries
 from .client import Api, api_call, connect, namespace_missing, namespaced
 from .launcher import KubernetesEngineSetLauncher
 from .options import KubernetesOptions, parse_options
@@ -30,8 +29,6 @@ DEFAULT_RETRIES = 2
 #: Seconds the session waits for engines when the cell gives no --start-timeout: pulling
 #: an image and scheduling pods take longer than starting processes.
 DEFAULT_START_TIMEOUT = 120.0
-#: ``$KUBEMAGIC_CONTROLLER_ADDRESS`` overrides address detection (e.g. set once per hub).
-ADDRESS_ENV = "KUBEMAGIC_CONTROLLER_ADDRESS"
 
 
 def kubernetes_backend(**options: Any) -> BackendSpec:
@@ -77,33 +74,25 @@ def kubernetes_backend(**options: Any) -> BackendSpec:
 def check_namespace(api: Api, namespace: str) -> None:
     """Fail clearly on a namespace that does not exist.
 
-    Reading a namespace is cluster-scoped, which a namespaced service account usually may
-    not do; then the permission check that follows speaks for the namespace instead.
+    :func:`.queries.namespace_state` answers as ``kubemagic doctor`` does; when it cannot
+    tell (a service account that may neither read the namespace nor create Secrets in it),
+    the permission check that follows speaks for the namespace instead.
     """
-    try:
-        with api_call("get", "namespaces"):
-            api.request("GET", f"/api/v1/namespaces/{namespace}")
-    except PermissionDenied:
-        return
-    except ApiException as e:
-        if e.status == 404:
-            raise namespace_missing(namespace) from None
-        raise
+    with api_call("get", "namespaces"):
+        state = queries.namespace_state(api, namespace)
+    if state is queries.NamespaceState.MISSING:
+        raise namespace_missing(namespace)
 
 
 def resolve_controller_address(opts: KubernetesOptions) -> str:
     """Where engines connect: ``--controller-address``, ``$KUBEMAGIC_CONTROLLER_ADDRESS``,
     else detected (pod IP in a cluster; see :func:`.incluster.detect_controller_address`)."""
-    address = (
-        opts.controller_address
-        or os.environ.get(ADDRESS_ENV)
-        or incluster.detect_controller_address(opts.kubeconfig, opts.context)
-    )
+    address = incluster.controller_address(opts.controller_address, opts.kubeconfig, opts.context)
     if not address:
         raise UsageError(
             "cannot tell which address of this machine engine pods can reach",
             fix="pass --controller-address <IP or name of this machine, reachable from pods> "
-            f"(or set ${ADDRESS_ENV})",
+            f"(or set ${incluster.CONTROLLER_ADDRESS_ENV})",
         )
     if incluster.is_loopback(address):
         raise UsageError(

@@ -15,7 +15,6 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import kubernetes.config as k8s_config
@@ -102,14 +101,6 @@ class Api:
                     yield event
         finally:
             response.release_conn()
-
-    @cached_property
-    def core(self) -> Any:
-        """The typed core API, for scripts that want typed objects (the chaos tests' pod
-        killer). kubemagic itself uses :meth:`request`: this import is the cost it avoids."""
-        from kubernetes.client import CoreV1Api
-
-        return CoreV1Api(self.api_client)
 
 
 def connect(kubeconfig: str | None = None, context: str | None = None) -> Api:

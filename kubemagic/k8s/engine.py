@@ -13,6 +13,11 @@ fails the Job on it), and SIGTERM unregisters from the hub, then exits
 :data:`~kubemagic.k8s.manifests.EXIT_TERMINATED` (the policy replaces the pod without
 counting a failure). The reason, with the last log lines, goes to the pod's termination
 message, so it survives the pod for diagnostics.
+
+It also makes the engine reachable for signals without ``pods/exec`` (see :mod:`.relay`):
+its zmq identity is its pod name, and it answers ``signal_request`` itself; and it says
+when it has registered (:data:`~kubemagic.k8s.manifests.REGISTERED_MARK`), so a crash
+before that is known as a crash at start-up.
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
 from ipyparallel.engine.app import IPEngine
-from traitlets import Bool, Float
+from ipyparallel.error import wrap_exception
+from traitlets import Bool, Float, default
 
-from .manifests import EXIT_CONTROLLER_GONE, EXIT_TERMINATED
+from .manifests import EXIT_CONTROLLER_GONE, EXIT_TERMINATED, POD_NAME_ENV, REGISTERED_MARK
 
 TERMINATION_LOG = "/dev/termination-log"
 
@@ -65,7 +72,38 @@ class KubernetesEngine(IPEngine):
         help="Run ipyparallel's nanny process (needed only for Client.send_signal).",
     )
 
+    @default("ident")
+    def _pod_ident(self) -> str:
+        """The pod's name, unique per engine process (a replaced pod gets a new name): the
+        launcher addresses signal requests to it. Outside a pod, ipengine's random id."""
+        return os.environ.get(POD_NAME_ENV) or self.session.session
+
+    async def complete_registration(self, msg: Any, connect: Any, maybe_tunnel: Any) -> None:
+        await super().complete_registration(msg, connect, maybe_tunnel)
+        if not self.enable_nanny:  # the nanny answers signal requests itself
+            self.kernel.control_handlers["signal_request"] = self._signal_request
+        # into the container's log, whatever the log level: the launcher tells crashes at
+        # start-up from later ones by it
+        os.write(self._container_stdout, f"{REGISTERED_MARK} as id {self.id}\n".encode())
+
+    def _signal_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        """``signal_request`` (``Client.send_signal``, the launcher's ``signal``): confirm,
+        then signal this process — what ipyparallel's nanny does from outside. Runs on the
+        control thread; Python runs the handler in the main thread, where tasks run, so
+        SIGINT interrupts a running task as it would a local engine's."""
+        sig = parent["content"].get("sig")
+        try:
+            number = signal.Signals(getattr(signal, sig) if isinstance(sig, str) else sig)
+        except Exception:
+            self.session.send(stream, "signal_reply", wrap_exception(), parent=parent, ident=ident)
+            return
+        self.session.send(stream, "signal_reply", {"status": "ok"}, parent=parent, ident=ident)
+        os.kill(os.getpid(), number)
+
     def initialize(self, argv: list[str] | None = None) -> None:
+        # the container's stdout, kept before the kernel captures file descriptor 1 (what
+        # is written there from then on goes to the client)
+        self._container_stdout = os.dup(1)
         super().initialize(argv)
         self._recent = _RecentLines()
         self._recent.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

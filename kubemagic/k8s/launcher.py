@@ -14,6 +14,11 @@ deletes engine objects in the cluster; building them is :mod:`.manifests`' job.
 
 Every API call is blocking (the official client) and runs in a worker thread, so the
 event loop driving the launcher never stalls on the network.
+
+It behaves as ipyparallel's own launchers do where ipyparallel's tests look (they run
+against it: ``tests/k8s/test_ipp_launcher_suite.py``): SIGTERM and SIGKILL end the engine
+set, other signals reach the engine processes, engines that cannot start end it too, the
+output stays readable after :meth:`stop`, and the cluster file follows :meth:`scale`.
 """
 
 from __future__ import annotations
@@ -33,15 +38,18 @@ from ipyparallel.cluster.launcher import (
     ProcessStateError,
 )
 
-from ..backends import layer_values
+from ..backends.options import layer_values
 from ..errors import SessionError, UsageError
-from . import incluster, manifests
+from . import incluster, manifests, relay
 from .client import Api, api_call, connect, is_not_found, namespaced
 from .jobview import JobObserver
 from .launcher_config import LauncherConfig
 from .options import KubernetesOptions
+from .podstate import job_end, pod_state
 
 _MERGE_PATCH = "application/merge-patch+json"
+#: Seconds :meth:`KubernetesEngineSetLauncher.signal` waits for engines to confirm a signal.
+_SIGNAL_TIMEOUT = 5.0
 
 
 class KubernetesEngineSetLauncher(JobObserver, LauncherConfig, EngineLauncher):
@@ -87,6 +95,8 @@ class KubernetesEngineSetLauncher(JobObserver, LauncherConfig, EngineLauncher):
         self.n = n
         self.job_name = manifests.job_name(self.cluster_id, self.engine_set_id)
         await asyncio.to_thread(self._create, options, connection)
+        if self.startup_crash_window > 0:
+            self._started = time.monotonic()
         self._watch()
         return self.notify_start({"job": self.job_name, "namespace": self.namespace})
 
@@ -217,12 +227,16 @@ class KubernetesEngineSetLauncher(JobObserver, LauncherConfig, EngineLauncher):
     # -- stop -----------------------------------------------------------------------------
 
     async def stop(self) -> dict[str, Any]:
-        """Delete the Job (foreground: its pods first) and the Secret; return when no pod
-        and no Job is left, or raise ``TimeoutError`` after ``stop_timeout`` seconds."""
+        """Keep the engines' last log lines (:meth:`get_output` shows them afterwards), delete
+        the Job (foreground: its pods first) and the Secret; return when no pod and no Job
+        is left, or raise ``TimeoutError`` after ``stop_timeout`` seconds."""
         self._stopping = True
         try:
             if self.job_name:
                 try:
+                    if self._mirror is not None:
+                        pods = [p["metadata"]["name"] for p in self._mirror.pods()]
+                        await asyncio.to_thread(self._keep_logs, pods)
                     await asyncio.to_thread(self._delete_objects, wait=True)
                 except RuntimeError as e:
                     # interpreter shutdown (atexit): no new threads; delete inline instead
@@ -236,12 +250,14 @@ class KubernetesEngineSetLauncher(JobObserver, LauncherConfig, EngineLauncher):
         self.notify_stop(data)
         return data
 
-    def _delete_objects(self, *, wait: bool) -> None:
-        """Delete Job and Secret (404 is success); with ``wait``, until pods and Job are gone."""
+    def _delete_objects(self, *, wait: bool, kill: list[str] | None = None) -> None:
+        """Delete Job and Secret (404 is success), and the pods in ``kill`` without a grace
+        period (SIGKILL); with ``wait``, until pods and Job are gone."""
         ns, name = self.namespace, self.job_name
         for resource, path, query in (
             ("jobs.batch", self._jobs(name), {"propagationPolicy": "Foreground"}),
             ("secrets", namespaced(ns, "secrets", name), None),
+            *(("pods", namespaced(ns, "pods", p), {"gracePeriodSeconds": 0}) for p in kill or []),
         ):
             try:
                 with api_call("delete", resource, ns):
@@ -263,19 +279,22 @@ class KubernetesEngineSetLauncher(JobObserver, LauncherConfig, EngineLauncher):
                 )
             time.sleep(0.2)
 
-    def _remaining_objects(self) -> str:
-        """ "" when the Job and all its pods are gone, else what is left (for the timeout)."""
-        ns = self.namespace
-        with api_call("list", "pods", ns):
-            pods = self.api.request(
+    def _job_pods(self) -> list[dict[str, Any]]:
+        """The Job's pods as the API lists them now (a new watch may not have yet)."""
+        with api_call("list", "pods", self.namespace):
+            return self.api.request(
                 "GET",
-                namespaced(ns, "pods"),
+                namespaced(self.namespace, "pods"),
                 query={"labelSelector": f"{manifests.JOB_NAME_LABEL}={self.job_name}"},
             )["items"]
+
+    def _remaining_objects(self) -> str:
+        """ "" when the Job and all its pods are gone, else what is left (for the timeout)."""
+        pods = self._job_pods()
         if pods:
             return f"{len(pods)} pod(s)"
         try:
-            with api_call("get", "jobs.batch", ns):
+            with api_call("get", "jobs.batch", self.namespace):
                 self.api.request("GET", self._jobs(self.job_name))
         except Exception as e:
             if is_not_found(e):
@@ -291,33 +310,35 @@ class KubernetesEngineSetLauncher(JobObserver, LauncherConfig, EngineLauncher):
             return None
         return (self.stop_data or {}).get("exit_code", 0)
 
-    def signal(self, sig: int) -> None:
-        """SIGTERM/SIGKILL restart every engine (its pod is deleted, the Job replaces it).
+    async def signal(self, sig: int | str) -> None:
+        """Signal the engine processes, as ipyparallel's other launchers do.
 
-        Other signals cannot reach a pod's process without ``pods/exec``; interrupt a
-        running task with ``Client.send_signal`` instead, which goes through the engine's
-        nanny over the controller (start engines with ``--IPEngine.enable_nanny=True``).
+        SIGTERM and SIGKILL end the engine set: the Job is deleted (with SIGKILL, its pods
+        at once), the engines get that signal from the kubelet, and once the Job is gone
+        the set stops with exit code ``-sig``. Any other signal reaches every running engine
+        process through the controller (:mod:`.relay`): SIGINT interrupts its task, and a
+        handler the engine registered runs. Engines not registered yet miss it (logged).
         """
-        if sig not in (signals.SIGTERM, signals.SIGKILL):
-            raise LauncherError(
-                f"signal {sig} cannot be delivered to engine pods; use "
-                "Client.send_signal(signal, targets), with engine_args "
-                "['--IPEngine.enable_nanny=True'] (the nanny relays it)"
-            )
-        if self._mirror is None:
+        number = signals.Signals(getattr(signals, sig) if isinstance(sig, str) else sig)
+        if self.state == "running":
+            await asyncio.to_thread(self._signal, number)
+
+    def _signal(self, sig: signals.Signals) -> None:
+        # the API's list, not the watch's: a launcher just reattached may not have listed yet
+        pods = [s.name for s in map(pod_state, self._job_pods()) if s.phase == "Running"]
+        if sig in (signals.SIGTERM, signals.SIGKILL):
+            # the kubelet sends SIGTERM, then SIGKILL after the grace period (none: SIGKILL)
+            self._signalled = sig
+            self._keep_logs(pods)
+            self._delete_objects(wait=False, kill=pods if sig == signals.SIGKILL else [])
             return
-        grace = 0 if sig == signals.SIGKILL else self.termination_grace_period_seconds
-        for pod in self._mirror.pods():
-            try:
-                with api_call("delete", "pods", self.namespace):
-                    self.api.request(
-                        "DELETE",
-                        namespaced(self.namespace, "pods", pod["metadata"]["name"]),
-                        query={"gracePeriodSeconds": grace},
-                    )
-            except Exception as e:
-                if not is_not_found(e):
-                    raise
+        refused, silent = relay.send_signal(
+            self.connection_files["client"], pods, sig, _SIGNAL_TIMEOUT
+        )
+        if refused:
+            raise LauncherError(f"engines refused {sig.name}: {refused}")
+        if silent:
+            self.log.warning("%s reached no engine in pods %s (not registered?)", sig.name, silent)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], **kwargs: Any) -> KubernetesEngineSetLauncher:
@@ -333,9 +354,8 @@ class KubernetesEngineSetLauncher(JobObserver, LauncherConfig, EngineLauncher):
             if is_not_found(e):
                 raise NotRunning(f"engine Job {self.job_name} is gone") from None
             raise
-        for cond in (job.get("status") or {}).get("conditions") or []:
-            if cond.get("type") in ("Failed", "Complete") and cond.get("status") == "True":
-                raise NotRunning(f"engine Job {self.job_name} has finished: {cond.get('reason')}")
+        if (end := job_end(job)) is not None:
+            raise NotRunning(f"engine Job {self.job_name} has finished: {end.reason}")
         _ = self.loop  # as in start(): bind the loop on this thread
         self._watch()
         return self
@@ -370,4 +390,8 @@ class KubernetesEngineSetLauncher(JobObserver, LauncherConfig, EngineLauncher):
                 ) from None
             raise
         self.n = n
+        # the cluster file records n: `ipcluster` and a kernel that reattaches read it
+        update_cluster_file = getattr(self.parent, "update_cluster_file", None)
+        if update_cluster_file is not None:
+            update_cluster_file()
 

@@ -15,10 +15,10 @@ import types
 from dataclasses import MISSING, Field, fields
 
 from traitlets import Any as AnyTrait
-from traitlets import Bool, Integer, List, TraitType, Unicode, default
+from traitlets import Bool, Float, Integer, List, TraitType, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from ..backends import declared
+from ..backends.options import declared
 from . import incluster
 from .options import KubernetesOptions, parse_options
 
@@ -57,6 +57,13 @@ class LauncherConfig(_OptionTraits):  # type: ignore[misc,valid-type]
         config=True,
         help="Crashes of one engine slot tolerated before that slot stays down "
         "(evictions and deletions do not count).",
+    )
+    startup_crash_window = Float(
+        60.0,
+        config=True,
+        help="Seconds after the start in which engines crashing before they register mean a "
+        "crash loop: when half the slots' worth of engine pods (at least 2) do, the engine "
+        "set stops and its Job is deleted, instead of being retried for minutes (0: never).",
     )
     termination_grace_period_seconds = Integer(
         5, config=True, help="Seconds an engine pod gets between SIGTERM and SIGKILL."

@@ -26,6 +26,9 @@ EXIT_CONTROLLER_GONE = 17
 #: it; this code is Ignored by the podFailurePolicy, so the index gets a new pod without
 #: using up the backoff limit.
 EXIT_TERMINATED = 143
+#: What an engine writes to its container's log once registered: a crashed engine whose
+#: log lacks it crashed at start-up, before it could register.
+REGISTERED_MARK = "kubemagic: engine registered"
 
 ENGINE_CONTAINER = "engine"
 #: Key of the engine connection info (HMAC key, CurveZMQ server key) in the Secret.
@@ -58,7 +61,7 @@ ROLE_RULES: list[dict[str, Any]] = [
         "resources": ["jobs"],
         "verbs": ["create", "get", "list", "watch", "patch", "delete"],
     },
-    # delete: KubernetesEngineSetLauncher.signal(SIGTERM/SIGKILL) restarts engines this way
+    # delete: KubernetesEngineSetLauncher.signal(SIGKILL) removes engine pods without grace
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch", "delete"]},

@@ -1,7 +1,7 @@
 """The Kubernetes backend's options, declared once: :class:`KubernetesOptions`.
 
 Each field carries its parser, help, flag metavar and consumer (see
-:func:`kubemagic.backends.option`); the magic's and the CLI's flags, the launcher's traits
+:func:`kubemagic.backends.options.option`); the magic's and the CLI's flags, the launcher's traits
 (:mod:`.launcher_config`), the launcher settings and Job fields the backend derives
 (:mod:`.backend`, :mod:`.launcher`) and the local backend's "only on Kubernetes" error all
 come from these fields.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from ..backends import option, parse_key_values, parse_options_of
+from ..backends.options import option, parse_key_values, parse_options_of, whole_number
 from ..errors import UsageError, as_flags
 from .manifests import INDEX_ENV, POD_NAME_ENV, SECRET_KEY
 from .quantities import cpu_quantity, gpu_count, memory_quantity
@@ -207,19 +207,6 @@ def _bool(flag: str, value: Any) -> bool:
                      fix=f"use {name} or --no-{name[2:]} ({flag}=True or False)")
 
 
-def _positive_int(flag: str, value: Any) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number <= 0:
-        raise UsageError(
-            f"--{flag.replace('_', '-')} {value!r} must be a positive whole number of seconds",
-            fix=f"e.g. --{flag.replace('_', '-')} 3600",
-        )
-    return number
-
-
 def _run_as_user(value: Any) -> int | None:
     """The engines' user id; ``None`` (``none`` as a flag) keeps the image's own user, for
     images that need root."""
@@ -289,7 +276,10 @@ class KubernetesOptions:
         parse=_run_as_user, metavar="UID", layer="manifest", default=1000, nullable=True,
         help="non-root user id of the engines (default 1000); none keeps the image's user")
     active_deadline_seconds: int | None = option(
-        parse=partial(_positive_int, "active_deadline_seconds"), metavar="S",
+        parse=partial(whole_number, name="--active-deadline-seconds",
+                      fix="give a positive whole number of seconds, e.g. "
+                      "--active-deadline-seconds 3600"),
+        metavar="S",
         layer="manifest", help="fail the engine Job after S seconds")
     controller_address: str | None = option(
         parse=_address, metavar="ADDR", layer="session",

@@ -13,7 +13,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .manifests import COMPLETION_INDEX_ANNOTATION, ENGINE_CONTAINER
+from .manifests import (
+    COMPLETION_INDEX_ANNOTATION,
+    ENGINE_CONTAINER,
+    EXIT_CONTROLLER_GONE,
+    EXIT_TERMINATED,
+)
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,34 @@ def slot_states(pods: Iterable[Mapping[str, Any]], n: int) -> list[PodState]:
         )
         for i in range(n)
     ]
+
+
+def crash(pod: Mapping[str, Any]) -> PodState | None:
+    """The pod's state when its engine failed on its own (an error, an OOM kill), else None.
+
+    Not a crash: a pod still running; one someone deleted (scaled away, signalled, killed
+    by hand: it has a deletion timestamp or exited :data:`~.manifests.EXIT_TERMINATED`);
+    one disrupted by the platform (eviction, preemption: ``DisruptionTarget``); and an
+    engine that lost its controller (:data:`~.manifests.EXIT_CONTROLLER_GONE` fails the
+    whole Job, which says so itself).
+    """
+    state = pod_state(pod)
+    if state.phase != "Failed" or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    conditions = ((pod.get("status") or {}).get("conditions")) or []
+    if any(c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in conditions):
+        return None
+    if state.exit_code in (EXIT_TERMINATED, EXIT_CONTROLLER_GONE):
+        return None
+    return state
+
+
+def crash_loop_size(n: int) -> int:
+    """Crashes soon after the start that mean the engines cannot start at all: half the
+    slots' worth, at least two. Engines that crash deterministically (an import error, a
+    bad image, a start-up script) fail in every slot within seconds; a few unlucky pods of
+    a large set do not stop it, and one crash alone is retried."""
+    return max(2, (n + 1) // 2)
 
 
 @dataclass(frozen=True)

@@ -60,10 +60,16 @@ def namespace_state(api: Api, namespace: str) -> NamespaceState:
 
 
 def pod_log(
-    api: Api, namespace: str, pod: str, container: str, tail_lines: int | None = None
+    api: Api,
+    namespace: str,
+    pod: str,
+    container: str,
+    tail_lines: int | None = None,
+    limit_bytes: int | None = None,
 ) -> str:
-    """The log of ``container`` in ``pod`` (its last ``tail_lines`` lines, or all of it),
-    decoded leniently: an engine's output may hold any bytes.
+    """The log of ``container`` in ``pod`` (its last ``tail_lines`` lines, its first
+    ``limit_bytes`` bytes, or all of it), decoded leniently: an engine's output may hold
+    any bytes.
 
     Raises like :func:`.client.api_call` (:class:`~kubemagic.errors.PermissionDenied`
     without ``pods/log``), or :class:`ApiException` — e.g. 400 while the container is
@@ -73,7 +79,7 @@ def pod_log(
         response = api.request(
             "GET",
             namespaced(namespace, "pods", f"{pod}/log"),
-            query={"container": container, "tailLines": tail_lines},
+            query={"container": container, "tailLines": tail_lines, "limitBytes": limit_bytes},
             raw=True,  # plain text, not JSON
         )
     try:

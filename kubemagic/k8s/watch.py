@@ -33,7 +33,7 @@ class JobMirror:
     """Mirror of Job ``job_name`` and its pods in ``namespace``.
 
     ``on_job_change(job_or_None)`` runs on a watch thread whenever the Job changes or is
-    deleted (None).
+    deleted (None); ``on_pod_change(pod)`` whenever a pod is listed, created or changes.
     """
 
     def __init__(
@@ -42,11 +42,13 @@ class JobMirror:
         namespace: str,
         job_name: str,
         on_job_change: Callable[[dict[str, Any] | None], None] | None = None,
+        on_pod_change: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._api = api
         self.namespace = namespace
         self.job_name = job_name
         self._on_job_change = on_job_change
+        self._on_pod_change = on_pod_change
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._pods: dict[str, dict[str, Any]] = {}
@@ -129,6 +131,8 @@ class JobMirror:
                     self._gone.popitem(last=False)
             else:
                 self._pods[name] = pod
+        if kind != "DELETED" and self._on_pod_change is not None:
+            self._on_pod_change(pod)
 
     def _replace_job(self, items: list[dict[str, Any]]) -> None:
         self._apply_job("ADDED" if items else "DELETED", items[0] if items else None)

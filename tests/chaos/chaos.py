@@ -68,16 +68,24 @@ def kill_pod(session: Any, rng: random.Random) -> str:
     """Delete a random engine pod (the Job replaces it), with the session's own API access
     (the least-privilege Role allows deleting pods)."""
     launcher = session.launcher
-    core = launcher.api.core
-    pods = core.list_namespaced_pod(
-        launcher.namespace, label_selector=f"app.kubernetes.io/instance={session.cluster_id}"
-    ).items
-    running = [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+    pods = launcher.api.request(
+        "GET",
+        f"/api/v1/namespaces/{launcher.namespace}/pods",
+        query={"labelSelector": f"app.kubernetes.io/instance={session.cluster_id}"},
+    )["items"]
+    running = [
+        p["metadata"]["name"] for p in pods
+        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+    ]
     if not running:
         return "no pod to kill"
-    pod = rng.choice(running)
-    core.delete_namespaced_pod(pod.metadata.name, launcher.namespace, grace_period_seconds=0)
-    return f"deleted pod {pod.metadata.name}"
+    name = rng.choice(running)
+    launcher.api.request(
+        "DELETE",
+        f"/api/v1/namespaces/{launcher.namespace}/pods/{name}",
+        query={"gracePeriodSeconds": 0},
+    )
+    return f"deleted pod {name}"
 
 
 @ipp.interactive

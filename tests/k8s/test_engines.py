@@ -14,7 +14,7 @@ import time
 
 import ipyparallel as ipp
 import pytest
-from ipyparallel.cluster.launcher import LauncherError, NotRunning
+from ipyparallel.cluster.launcher import NotRunning
 
 from kubemagic.k8s import manifests as m
 from kubemagic.k8s.launcher import KubernetesEngineSetLauncher
@@ -120,6 +120,8 @@ def test_scale_up_and_down_removes_highest_indices(k8s_cluster, tmp_path, loop):
         loop.run(launcher.scale(4))
         rc.wait_for_engines(4, timeout=120)
         print(f"\nscale 2 -> 4: all 4 engines registered after {time.monotonic() - t0:.2f} s")
+        with open(cluster.cluster_file) as f:  # what ipcluster and a reattaching kernel read
+            assert json.load(f)["engines"]["sets"][launcher.engine_set_id]["n"] == 4
         assert sorted(r[0] for r in rc[:].apply_sync(_whoami)) == [0, 1, 2, 3]
 
         t0 = time.monotonic()
@@ -192,29 +194,69 @@ def test_controller_loss_fails_the_job_and_everything_disappears(k8s_cluster, tm
     assert batch.list_namespaced_job(tenant.namespace).items == []
 
 
-def test_signal_restarts_engines_and_state_reattaches(k8s_cluster, tmp_path, loop):
+@ipp.interactive
+def _nap(seconds):
+    import time
+
+    print("napping", flush=True)  # reaches the client while the task runs
+    try:
+        time.sleep(seconds)
+    except KeyboardInterrupt:
+        return "interrupted"
+    return "slept"
+
+
+def test_signals_reach_engine_processes_and_sigterm_ends_the_set(k8s_cluster, tmp_path, loop):
     tenant = make_tenant(k8s_cluster, "signal")
-    _, batch = admin(k8s_cluster)
     cluster = new_cluster(k8s_cluster, tenant, tmp_path)
     with started(cluster, loop, 2) as rc:
         rc.wait_for_engines(2, timeout=120)
         launcher = engine_set(cluster)
-        old = set(rc.ids)
-        t0 = time.monotonic()
-        launcher.signal(signal.SIGTERM)  # pods deleted; engines unregister; the Job replaces them
-        assert wait_until(lambda: len(set(rc.ids) - old) == 2, 120), rc.ids
-        print(f"\nSIGTERM restart: 2 new engines registered after {time.monotonic() - t0:.2f} s")
-        assert sorted(r[0] for r in rc[:].apply_sync(_whoami)) == [0, 1]
-        job = batch.read_namespaced_job(launcher.job_name, tenant.namespace)
-        assert not job.status.failed, "deleted pods exit 143, which the Job must not count"
-        with pytest.raises(LauncherError, match="send_signal"):
-            launcher.signal(signal.SIGINT)
-
         state = launcher.to_dict()
         again = KubernetesEngineSetLauncher.from_dict(state, engine_set_id=launcher.engine_set_id)
         assert again.job_name == launcher.job_name and again.namespace == tenant.namespace
         assert wait_until(
             lambda: [s["phase"] for s in again.engine_states()] == ["Running", "Running"], 30
         ), again.engine_states()
+
+        # SIGINT reaches the engine processes through the controller (the Role grants no
+        # pods/exec): their tasks are interrupted, the engines stay
+        ar = rc[:].apply_async(_nap, 60)
+        assert wait_until(lambda: all("napping" in out for out in ar.stdout), 30), ar.stdout
+        loop.run(again.signal(signal.SIGINT))
+        assert ar.get(timeout=30) == ["interrupted", "interrupted"]
+        ids = sorted(rc.ids)
+
+        # SIGTERM ends the engine set, as it ends local engines
+        t0 = time.monotonic()
+        loop.run(launcher.signal(signal.SIGTERM))
+        assert wait_until(lambda: launcher.state == "after", 60), launcher.engine_states()
+        print(f"\nSIGTERM: engine set ended after {time.monotonic() - t0:.2f} s")
+        assert launcher.stop_data["exit_code"] == -signal.SIGTERM
+        assert "SIGTERM" in launcher.stop_data["reason"]
+        assert wait_until(lambda: not set(rc.ids) & set(ids), 30), rc.ids
+        assert "Completed registration" in launcher.get_output()  # kept before the deletion
+        assert wait_until(lambda: again.state == "after", 30)  # the reattached copy too
     with pytest.raises(NotRunning):
         KubernetesEngineSetLauncher.from_dict(state)
+
+
+def test_without_a_running_loop_a_deleted_job_stops_the_engine_set(k8s_cluster, tmp_path):
+    """A plain script: the *_sync calls each run a loop that is closed afterwards, so the
+    launcher tells ipyparallel from its watch thread (poll() and on_stop callbacks)."""
+    tenant = make_tenant(k8s_cluster, "noloop")
+    _, batch = admin(k8s_cluster)
+    cluster = new_cluster(k8s_cluster, tenant, tmp_path)
+    try:
+        cluster.start_cluster_sync(1)
+        launcher = engine_set(cluster)
+        stopped = []
+        launcher.on_stop(stopped.append)
+        assert launcher.poll() is None
+        batch.delete_namespaced_job(
+            launcher.job_name, tenant.namespace, propagation_policy="Background"
+        )
+        assert wait_until(lambda: launcher.poll() is not None, 60), launcher.engine_states()
+        assert stopped and "was deleted" in stopped[0]["reason"]
+    finally:
+        cluster.stop_cluster_sync()

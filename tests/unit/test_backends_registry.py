@@ -18,13 +18,11 @@ from kubemagic.backends import (
     GROUP,
     Backend,
     backend_choices,
-    declared,
-    fleet_conflicts,
     make_backend_spec,
-    option_flags,
     registered,
     resolve_backend_name,
 )
+from kubemagic.backends.options import declared, fleet_conflicts, option_flags
 from kubemagic.backends.local import local_backend
 from kubemagic.cli import build_parser
 from kubemagic.errors import UsageError

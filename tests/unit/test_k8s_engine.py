@@ -2,6 +2,7 @@
 
 Exit codes are the contract with the Job's podFailurePolicy: SIGTERM → 143 after
 unregistering (the hub drops the engine at once), lost or unreachable controller → 17.
+Signals reach the engine through the controller (:mod:`kubemagic.k8s.relay`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import time
 import ipyparallel as ipp
 import pytest
 
-from kubemagic.k8s.manifests import EXIT_CONTROLLER_GONE, EXIT_TERMINATED
+from kubemagic.k8s.manifests import EXIT_CONTROLLER_GONE, EXIT_TERMINATED, REGISTERED_MARK
+from kubemagic.k8s.relay import send_signal
 
 
 def _engine(env, *args):
@@ -89,3 +91,59 @@ def test_unreachable_controller_exits_17(controller):
         assert time.monotonic() - t0 < 15
     finally:
         proc.kill()
+
+
+@ipp.interactive  # pickled by value: the engine runs it without importing the tests
+def _sleep_unless_interrupted(started, seconds):
+    import pathlib
+    import time
+
+    pathlib.Path(started).touch()
+    try:
+        time.sleep(seconds)
+    except KeyboardInterrupt:
+        return "interrupted"
+    return "slept"
+
+
+def test_signals_reach_the_engine_through_the_controller_by_pod_name(controller, tmp_path):
+    """What the launcher's signal() does without pods/exec: ipyparallel's signal_request,
+    addressed to the engine's identity (its pod name), answered by the engine itself."""
+    cluster, client, env, _ = controller
+    client_file = cluster.controller.connection_files["client"]
+    proc = _engine({**env, "KUBEMAGIC_POD_NAME": "kubemagic-x-0-abcde"})
+    try:
+        client.wait_for_engines(1, timeout=60)
+        started = tmp_path / "started"
+        ar = client[:].apply_async(_sleep_unless_interrupted, str(started), 60)
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        refused, silent = send_signal(
+            client_file, ["kubemagic-x-0-abcde", "kubemagic-x-1-gone"], signal.SIGINT, timeout=2
+        )
+        assert (refused, silent) == ({}, ["kubemagic-x-1-gone"])
+        assert ar.get(timeout=30) == ["interrupted"]  # the task, not the engine
+        refused, _ = send_signal(client_file, ["kubemagic-x-0-abcde"], 12345, timeout=10)
+        assert "ValueError" in refused.pop("kubemagic-x-0-abcde") and not refused
+        assert client[:].apply_sync(lambda: 6 * 7) == [42]
+    finally:
+        proc.kill()
+
+
+def test_the_container_log_says_when_the_engine_registered(controller, tmp_path):
+    """The launcher tells a crash at start-up from a later one by this line, which must
+    reach the container's log even though the kernel captures stdout for the client."""
+    _, client, env, _ = controller
+    log = tmp_path / "container.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "kubemagic.k8s.engine",
+                                 "--log-level=WARN"], env=env, stdout=out, stderr=out)
+    try:
+        client.wait_for_engines(1, timeout=60)
+        assert client[:].apply_sync(lambda: print("to the client") or 1) == [1]
+    finally:
+        proc.kill()
+        proc.wait(15)
+    text = log.read_text()
+    assert f"{REGISTERED_MARK} as id 0" in text and "to the client" not in text

@@ -11,7 +11,7 @@ import pytest
 from IPython.core.magic_arguments import parse_argstring
 from traitlets.config import Config
 
-from kubemagic.backends import declared
+from kubemagic.backends.options import declared
 from kubemagic.cli import build_parser
 from kubemagic.errors import UsageError
 from kubemagic.k8s.backend import _launcher_config

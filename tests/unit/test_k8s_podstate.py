@@ -1,10 +1,12 @@
-"""Job outcomes from API-shaped Job dicts: the one reading of terminal conditions."""
+"""Job outcomes from API-shaped Job dicts (the one reading of terminal conditions), and
+which failed pods are crashes (of which those before registration make a crash loop)."""
 
 from __future__ import annotations
 
 import pytest
 
-from kubemagic.k8s.podstate import JobEnd, job_end
+from kubemagic.k8s.manifests import EXIT_CONTROLLER_GONE, EXIT_TERMINATED
+from kubemagic.k8s.podstate import JobEnd, crash, crash_loop_size, job_end
 
 
 def job(*conditions):
@@ -50,3 +52,43 @@ def test_the_final_condition_wins_over_the_early_one():
 def test_missing_reason_and_message_are_empty_not_none():
     end = job_end(job({"type": "Failed", "status": "True"}))
     assert end == JobEnd(True, "", "")
+
+
+# -- crashes: engines that failed on their own ----------------------------------------------
+def pod(phase="Failed", exit_code=1, deleting=False, disrupted=False, message="boom\n"):
+    status = {
+        "phase": phase,
+        "conditions": [{"type": "DisruptionTarget", "status": "True"}] if disrupted else [],
+        "containerStatuses": [{
+            "name": "engine",
+            "state": {"terminated": {"exitCode": exit_code, "reason": "Error",
+                                     "message": message}},
+        }],
+    }
+    meta = {"name": "kubemagic-km-1-0-abcde", "creationTimestamp": "2026-01-01T00:00:00Z",
+            "annotations": {"batch.kubernetes.io/job-completion-index": "0"}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:09Z"
+    return {"metadata": meta, "status": status}
+
+
+def test_an_engine_that_failed_on_its_own_crashed():
+    state = crash(pod(exit_code=3))
+    assert state is not None and (state.index, state.exit_code, state.message) == (0, 3, "boom")
+    assert crash(pod(exit_code=137, message="")) is not None  # OOM-killed
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"phase": "Running"},
+    {"exit_code": EXIT_TERMINATED},  # deleted or scaled away: replaced without counting
+    {"exit_code": EXIT_CONTROLLER_GONE},  # fails the whole Job, which says so itself
+    {"deleting": True, "exit_code": 137},  # killed by hand or by signal(SIGKILL)
+    {"disrupted": True},  # evicted or preempted
+])
+def test_what_is_not_a_crash(kwargs):
+    assert crash(pod(**kwargs)) is None
+
+
+@pytest.mark.parametrize("n, size", [(1, 2), (2, 2), (3, 2), (5, 3), (100, 50)])
+def test_a_crash_loop_is_half_the_slots_worth_of_crashes_and_never_one(n, size):
+    assert crash_loop_size(n) == size
