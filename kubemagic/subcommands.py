@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from . import session as session_mod
+from .backends.options import whole_number
 from .cache import ResultCache
 from .errors import SessionError, UsageError
 from .itemlog import format_line
@@ -160,12 +161,10 @@ def cache_command(params: list[str], cache: bool | str | None) -> None:
 
 
 def int_param(params: list[str], usage: str, default: int | None) -> int:
+    """The subcommand's number (``scale N``, ``logs LINES``, ``output ITEM``)."""
     if not params:
         if default is None:
             raise UsageError(f"missing number in %kubemap {usage}", fix=f"%kubemap {usage}")
         return default
-    try:
-        return int(params[0])
-    except ValueError:
-        raise UsageError(f"{params[0]!r} is not a whole number",
-                         fix=f"use %kubemap {usage} with an integer") from None
+    return whole_number(params[0], f"%kubemap {usage.split()[0]}", minimum=0,
+                        fix=f"use %kubemap {usage} with a whole number")

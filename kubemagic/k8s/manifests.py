@@ -182,8 +182,14 @@ def engine_job(
     termination_grace_period_seconds: int = 5,
     owner: Mapping[str, Any] | None = None,
     pod_overrides: Mapping[str, Any] | None = None,
+    spread: bool = True,
+    node_loss_seconds: int = 10,
 ) -> dict[str, Any]:
     """The engines' Indexed Job: slot ``i`` is completion index ``i``.
+
+    Pods prefer distinct nodes (``spread``), and tolerate a node that is not ready or
+    unreachable for ``node_loss_seconds`` instead of Kubernetes' 300 s, so the engines of a
+    lost node are replaced on the others within seconds.
 
     Failure policy, in rule order:
 
@@ -238,8 +244,16 @@ def engine_job(
         pod_spec["serviceAccountName"] = service_account
     if node_selector:
         pod_spec["nodeSelector"] = dict(node_selector)
-    if tolerations:
-        pod_spec["tolerations"] = copy.deepcopy(list(tolerations))
+    pod_spec["tolerations"] = [
+        *copy.deepcopy(list(tolerations or [])),
+        *({"key": f"node.kubernetes.io/{taint}", "operator": "Exists", "effect": "NoExecute",
+           "tolerationSeconds": node_loss_seconds} for taint in ("not-ready", "unreachable")),
+    ]
+    if spread:
+        pod_spec["topologySpreadConstraints"] = [{
+            "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": dict(labels)},
+        }]
 
     template: dict[str, Any] = {"metadata": {"labels": dict(labels)}, "spec": pod_spec}
     overrides = dict(pod_overrides or {})

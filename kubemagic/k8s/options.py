@@ -281,6 +281,16 @@ class KubernetesOptions:
                       "--active-deadline-seconds 3600"),
         metavar="S",
         layer="manifest", help="fail the engine Job after S seconds")
+    spread: bool = option(
+        parse=partial(_bool, "spread"), layer="manifest", default=True,
+        help="prefer spreading engine pods over nodes, so one lost node does not take the "
+        "whole fleet (default on)")
+    node_loss_seconds: int = option(
+        parse=partial(whole_number, name="--node-loss-seconds", minimum=0,
+                      fix="give whole seconds, e.g. --node-loss-seconds 10"),
+        metavar="S", layer="manifest", default=10,
+        help="replace engines of a node that is not ready or unreachable after S seconds "
+        "(Kubernetes' default is 300)")
     controller_address: str | None = option(
         parse=_address, metavar="ADDR", layer="session",
         help="address engines use to reach the controller (default: detected)")

@@ -5,9 +5,9 @@ Reuses what exists rather than redoing it:
 * :mod:`tests.k8s.helpers` — ``make_tenant`` (a namespace with exactly the Role that
   ``kubemagic rbac`` prints, and a kubeconfig acting as that service account), ``leftovers``
   (kubemagic's Jobs, pods and Secrets in a namespace), ``raw``, ``wait_until``;
-* :mod:`tests.notebooks._kernel` — a real kernel driven over ZMQ; :class:`KubeKernel` only
+* :mod:`tests.kernel._kernel` — a real kernel driven over ZMQ; :class:`KubeKernel` only
   adds environment variables (``KUBECONFIG``) for it;
-* :mod:`tests.notebooks.test_teardown` — ``processes_of(cluster_id)``: controller processes
+* :mod:`tests.kernel.test_teardown` — ``processes_of(cluster_id)``: controller processes
   found by their ``IPP_CLUSTER_ID`` environment variable.
 
 Every session here runs as the least-privilege service account, never as cluster admin;
@@ -28,8 +28,8 @@ from jupyter_client.manager import start_new_kernel
 from kubernetes import client
 
 from tests.k8s.helpers import Tenant, admin, leftovers, make_tenant, wait_until
-from tests.notebooks._kernel import Kernel, ensure_kernelspec
-from tests.notebooks.test_teardown import processes_of
+from tests.kernel._kernel import Kernel, ensure_kernelspec
+from tests.kernel.test_teardown import processes_of
 
 __all__ = [
     "NOTHING", "SELECTOR", "KubeKernel", "Tenant", "admin", "clean_process_env",
@@ -92,7 +92,7 @@ def session_cell(k8s_cluster: Any, tenant: Tenant, n: int = 2, name: str = "s",
 
 
 class KubeKernel(Kernel):
-    """:class:`tests.notebooks._kernel.Kernel` started with extra environment variables."""
+    """:class:`tests.kernel._kernel.Kernel` started with extra environment variables."""
 
     def __init__(self, env: dict[str, str]) -> None:  # noqa: D107 - see class docstring
         ensure_kernelspec()

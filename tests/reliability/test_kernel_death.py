@@ -5,7 +5,7 @@ A real kernel (``$KUBECONFIG``: the least-privilege service account) starts a Ku
 session and a map; then the kernel is SIGKILLed, shut down, or restarted. Within the
 limits below the namespace holds no engine pod, the Job is failed or gone, the Secret is
 gone, and no process of the cluster (``IPP_CLUSTER_ID`` in its environment) survives on
-this host. The local-engine versions are in ``tests/notebooks/test_teardown.py``.
+this host. The local-engine versions are in ``tests/kernel/test_teardown.py``.
 
 How it works for SIGKILL: the controller dies with the kernel (parent-death signal), the
 engines stop hearing heartbeats and exit with code 17, the Job's podFailurePolicy fails the

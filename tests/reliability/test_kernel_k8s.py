@@ -6,8 +6,8 @@ authenticates as the least-privilege service account of ``kubemagic rbac`` (the 
 defaults to that kubeconfig's context, as on JupyterHub).
 
 The bad-input table holds the Kubernetes cases; the local ones are in
-``tests/notebooks/test_magic.py`` (``BAD_INPUT``) and
-``tests/notebooks/test_reliability_local.py`` (``test_api_misuse_is_one_clear_error``).
+``tests/kernel/test_magic.py`` (``BAD_INPUT``) and
+``tests/kernel/test_reliability_local.py`` (``test_api_misuse_is_one_clear_error``).
 Each case: exactly one error, of the expected class, saying what is wrong and
 "how to fix", without a traceback into kubemagic; the kernel stays alive (and a running
 session still maps); and no Job, pod or Secret labelled ``app.kubernetes.io/name=kubemagic``

@@ -231,8 +231,8 @@ def test_magic_flags_reach_the_job_and_the_controller():
     job = _job(options)
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert pod["tolerations"] == [{"key": "gpu", "operator": "Equal", "value": "true",
-                                   "effect": "NoSchedule"}]
+    assert pod["tolerations"][0] == {"key": "gpu", "operator": "Equal", "value": "true",
+                                     "effect": "NoSchedule"}
     assert {"name": "OMP_NUM_THREADS", "value": "1"} in container["env"]
     assert pod["serviceAccountName"] == "runner" and pod["automountServiceAccountToken"]
     assert container["imagePullPolicy"] == "Never" and pod["priorityClassName"] == "low"
@@ -254,3 +254,16 @@ def test_launcher_traits_take_config_file_values_and_command_line_strings():
         {"KubernetesEngineSetLauncher": {"namespace": "ns", "memory": "1XB"}}))
     with pytest.raises(UsageError, match="--memory '1XB'"):
         bad.options()
+
+
+def test_engines_spread_over_nodes_and_leave_a_lost_node_within_seconds():
+    pod = _job(parse_options())["spec"]["template"]["spec"]
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"  # preferred: one node still works
+    lost = {t["key"]: t["tolerationSeconds"] for t in pod["tolerations"]}
+    assert lost == {"node.kubernetes.io/not-ready": 10, "node.kubernetes.io/unreachable": 10}
+    pod = _job(parse_options(**_magic("--no-spread --node-loss-seconds 30")))["spec"][
+        "template"]["spec"]
+    assert "topologySpreadConstraints" not in pod
+    assert {t["tolerationSeconds"] for t in pod["tolerations"]} == {30}
