@@ -30,6 +30,7 @@ import os
 import pickle
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple
 
@@ -123,14 +124,7 @@ class ResultCache:
                 fix="pass a writable directory (--cache DIR, cache=DIR)",
             ) from None
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            # item keys are hashes, so a chunk's rows land on index pages all over the
-            # file: keep more pages in memory and checkpoint the WAL less often (a third
-            # less time per stored item when storing 1M items)
-            self._db.execute("PRAGMA cache_size=-65536")  # KiB: at most 64 MiB
-            self._db.execute("PRAGMA wal_autocheckpoint=10000")  # pages: about 40 MB
-            self._db.executescript(_SCHEMA)
+            self._set_up(time.monotonic() + timeout)
         except sqlite3.DatabaseError as e:
             self._db.close()
             raise UsageError(
@@ -138,6 +132,25 @@ class ResultCache:
                 fix=f"delete {self._path} (it only holds cached results) or use another "
                 "directory",
             ) from None
+
+    def _set_up(self, deadline: float) -> None:
+        """WAL mode and the schema. Two kernels opening a new cache at once can find it
+        locked: switching to WAL does not wait for SQLite's busy timeout, so retry."""
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                # item keys are hashes, so a chunk's rows land on index pages all over the
+                # file: keep more pages in memory and checkpoint the WAL less often (a
+                # third less time per stored item when storing 1M items)
+                self._db.execute("PRAGMA cache_size=-65536")  # KiB: at most 64 MiB
+                self._db.execute("PRAGMA wal_autocheckpoint=10000")  # pages: about 40 MB
+                self._db.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     @property
     def directory(self) -> Path:

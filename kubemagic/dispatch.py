@@ -60,7 +60,7 @@ class MapHandle:
         self.run = MapRun(
             total=len(args), planner=ChunkPlanner(len(args), chunksize), retries=retries,
             return_exceptions=return_exceptions, ordered=ordered,
-            item_reprs=lambda i: _short_repr(args[i]), speculate=speculate,
+            item_reprs=lambda i: _short_repr(self.args[i]), speculate=speculate,
             item_numbers=resume.todo.__getitem__ if resume else None,
         )
         self._cancel = threading.Event()
@@ -191,6 +191,7 @@ class MapHandle:
             run.fail(e)
         finally:
             self._abort_inflight()
+            self.args = []  # the items are not needed any more: a 10M-item map frees them
             self.output.close()
             with self._callback_lock:
                 self._finished.set()
@@ -242,7 +243,7 @@ class MapHandle:
         self.fleet.settle(eid)
         self.output.finished(ar)
         try:
-            results, _, seconds = ar.get()
+            results, first_failure, seconds = ar.get()
         except ipp.error.EngineError as e:
             self.run.lost(chunk, f"engine {eid} died ({e})")
         except ipp.error.RemoteError as e:
@@ -266,7 +267,7 @@ class MapHandle:
         else:
             if self.resume is not None:
                 self.resume.store_chunk(chunk.start, results, self.output.note)
-            for twin in self.run.complete(chunk, results, seconds):
+            for twin in self.run.complete(chunk, results, seconds, clean=first_failure < 0):
                 self._drop(twin)
 
     def _drop(self, chunk: Any) -> None:

@@ -137,3 +137,20 @@ def test_auto_chunks_follow_the_time_budget_for_slow_items():
 def test_bad_chunksize_rejected():
     with pytest.raises(ValueError):
         ChunkPlanner(10, 0)
+
+
+def test_clean_chunks_are_stored_in_one_slice_and_duplicates_still_dropped():
+    run = MapRun(10, ChunkPlanner(10, 4), retries=1)
+    a, b = run.next_chunk(2), run.next_chunk(2)
+    run.complete(b, [40, 50, 60, 70], 0.1, clean=True)
+    run.lost(a, "engine 0 died")
+    singles = [run.next_chunk(2) for _ in range(4)]
+    for c in singles[:2]:
+        run.complete(c, [c.start * 10], 0.1, clean=True)
+    # the old copy of `a` comes back late, its first two items already done: not one slice
+    run.complete(a, [-1, -1, 20, 30], 0.1, clean=True)
+    for c in singles[2:]:
+        run.complete(c, [c.start * 10], 0.1, clean=True)
+    last = run.next_chunk(2)
+    run.complete(last, [80, 90], 0.1, clean=True)
+    assert run.results() == [0, 10, 20, 30, 40, 50, 60, 70, 80, 90] and run.done == 10
