@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """kubemagic performance benchmark, side by side with the baselines, in one run.
 
-    python bench/run.py [--quick] [--cluster] [--repeats R] [--json OUT] [--md OUT]
+    python bench/run.py [--quick] [--cluster] [--scale] [--repeats R] [--json OUT] [--md OUT]
 
 Every workload runs, in the same process and the same run, on
 
@@ -19,6 +19,11 @@ systems rotated) so that drift in the machine's load hits every system alike; th
 medians, the raw samples are under ``samples``. Nothing here asserts timings: the numbers
 are compared with the targets of issue 6 in the printed table only.
 
+``--scale`` (opt-in: minutes and ~4 GiB) adds issue 12's measurements at many engines and at
+the machine's ceiling (:mod:`scale_bench`); ``--only scale`` runs them alone. To measure a
+commit while the work tree is being edited, put an export of it first on ``PYTHONPATH``
+(``metadata.kubemagic_imported_from`` says which kubemagic was measured).
+
 Workload functions are defined in ``__main__`` on purpose: that is how a notebook ships
 them (by value: ipyparallel's canning, cloudpickle for dask; the fork start method lets the
 process pool find them by reference).
@@ -30,7 +35,6 @@ import argparse
 import atexit
 import contextlib
 import gc
-import io
 import json
 import logging
 import math
@@ -46,6 +50,9 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
+
+import scale_bench
+from procstat import descendants
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -96,33 +103,6 @@ def now() -> float:
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def descendants(pid: int) -> list[int]:
-    """PIDs of all live descendants of ``pid`` (via /proc; Linux only, else [])."""
-    children: dict[int, list[int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            state = stat.rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError, ValueError):
-            continue
-        if state != "Z":
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
 
 
 def calibrate_spin(seconds: float) -> int:
@@ -264,7 +244,7 @@ class Kubemap(System):
 
     def curve_status(self) -> dict[str, Any]:
         """Is CurveZMQ really on? The engine connection file carries the server key then."""
-        sec = Path(self.c._profile_dir) / "security"
+        sec = Path(self.c.controller.profile_dir) / "security"
         files = sorted(sec.glob("*engine.json"))
         info: dict[str, Any] = {"connection_files": [f.name for f in files]}
         on = False
@@ -630,6 +610,14 @@ class Bench:
             if km is not None:
                 km.shutdown_kernel(now=False)
 
+    # -- scale and ceilings (--scale) ------------------------------------------------------------
+    def run_scale(self) -> None:
+        """bench/scale_bench.py; the warm-cell measurement too, unless it ran already."""
+        scale_bench.run(self, scale_bench.Shipped(noop, array_digest), quick=self.quick)
+        if not self.args.no_kernel and "kubemap_magic" not in self.samples.get(
+                "warm_cell_overhead_s", {}):
+            self.run_kernel_overhead()
+
     # -- Kubernetes (--cluster) ------------------------------------------------------------------
     def run_cluster(self) -> None:
         import k8s_bench
@@ -676,6 +664,9 @@ class Bench:
             "k8s": self.info.get("k8s"),
             "errors": self.info["errors"],
             "merged_from": self.info.get("merged_from"),
+            "scale": {k: self.info[k] for k in ("scale_note", "scale", "push_fanout",
+                                                "map_memory") if k in self.info} or None,
+            "kubemagic_imported_from": _kubemagic_path(),
             "versions": versions(),
             "git": git_rev(),
             "started": self.info.get("started"),
@@ -731,6 +722,15 @@ def versions() -> dict[str, str]:
 
         out["libzmq"] = zmq.zmq_version()
     return out
+
+
+def _kubemagic_path() -> str:
+    """Which kubemagic was measured (a clean export of a commit on PYTHONPATH, or the tree)."""
+    with contextlib.suppress(Exception):
+        import kubemagic
+
+        return str(Path(kubemagic.__file__).parent)
+    return ""
 
 
 def git_rev() -> str:
@@ -869,6 +869,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"{len(md['workloads']['hetero_stragglers'])} 20× stragglers, makespan / "
         "(serial time / 2). Warm map = a map of one trivial item on a running cluster.",
     ]
+    notes.append(scale_bench.markdown(r))
     if md.get("errors"):
         notes.append("")
         notes.append("Errors: " + "; ".join(md["errors"]))
@@ -906,9 +907,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-run", action="store_true",
                    help="measure nothing: combine the --merge files (the first one's "
                    "metadata) and write the JSON and table")
+    p.add_argument("--scale", action="store_true",
+                   help="also measure scale and ceilings (issue 12: 64 engines, 100 MB "
+                   "fan-out, CurveZMQ, a 10M-item map's memory); takes several minutes and "
+                   "~4 GiB, so opt-in; alone: --only scale")
     p.add_argument("--only", type=lambda v: v.split(","), default=None,
                    help="comma-separated subset (kubemap, ipp_default, dask, processpool_cs1, "
-                   "processpool_auto, kubemap_curve, ipp_default_curve, kernel), for development")
+                   "processpool_auto, kubemap_curve, ipp_default_curve, kernel, scale), for "
+                   "development")
     args = p.parse_args(argv)
     _exit_on_sigterm()
     if args.cluster_only:
@@ -933,8 +939,10 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(OSError):
         bench.info["loadavg_at_start"] = Path("/proc/loadavg").read_text().split()[:3]
     t0 = now()
-    if not args.cluster_only:
+    if not args.cluster_only and not (args.only and set(args.only) <= {"scale"}):
         bench.run_local()
+    if args.scale or "scale" in (args.only or []):
+        bench.run_scale()
     if args.cluster:
         bench.run_cluster()
     bench.info["duration_s"] = round(now() - t0, 1)
@@ -984,7 +992,11 @@ def write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> int:
     missing = [f"{m}.{k}" for m, keys in REQUIRED.items() for k in keys
                if (with_k8s or not m.startswith("k8s_"))
                and (result.get(m) or {}).get(k) is None
-               and not (args.cluster_only and not m.startswith("k8s_"))]
+               and not (args.cluster_only and not m.startswith("k8s_"))
+               and not (args.only and k not in args.only)]
+    if args.scale or "scale" in (args.only or []):
+        missing += [f"{m}.{k}" for m, keys in scale_bench.REQUIRED.items() for k in keys
+                    if (result.get(m) or {}).get(k) is None]
     if missing or result["metadata"]["errors"]:
         log(f"FAILED: no value for {', '.join(missing) or '-'}; errors: "
             f"{result['metadata']['errors']}")
