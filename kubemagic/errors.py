@@ -6,6 +6,8 @@ input was wrong, not our code), so the kernel stays alive and the session stays 
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def as_flags(option_names: list[str]) -> str:
     """``["image", "start_timeout"]`` -> ``"--image, --start-timeout"``: errors name options
@@ -25,6 +27,16 @@ class KubemagicError(Exception):
         if self.fix:
             return f"{self.message}\n  how to fix: {self.fix}"
         return self.message
+
+
+class CellError(KubemagicError):
+    """The user's own code failed (the cell body), or the user interrupted: shown as that
+    exception with the user's frames only (``user_traceback``), never kubemagic's."""
+
+    def __init__(self, original: BaseException, user_traceback: Any = None) -> None:
+        self.original = original
+        self.user_traceback = user_traceback
+        super().__init__(f"{type(original).__name__}: {original}")
 
 
 class UsageError(KubemagicError):

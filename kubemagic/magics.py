@@ -50,7 +50,7 @@ from .backends.options import (
     option_flags,
     whole_number,
 )
-from .errors import SessionError, UsageError, as_flags
+from .errors import CellError, SessionError, UsageError, as_flags
 from .magicline import literal_string, split_func_iterable, split_options
 from .subcommands import SUBCOMMANDS, USAGE
 
@@ -162,15 +162,28 @@ class KubeMagics(Magics):
         assert shell is not None
         code = shell.transform_cell(cell)
         try:
-            compiled = compile(code, "<kubemap cell>", "exec")
+            # named and cached as IPython names cells, so a traceback shows the user's lines;
+            # a blank line first, since the cell's line 1 is the %%kubemap line. IPython
+            # counts the running cell before running it: its number is the count minus one
+            number = max(shell.execution_count - 1, 0)
+            name = shell.compile.cache("\n" + code, number, raw_code=cell)
+            compiled = compile("\n" + code, name, "exec")
         except SyntaxError as e:
             raise UsageError(
                 f"syntax error in the cell body, line {e.lineno}: {e.msg}",
                 fix="fix the cell; nothing was run locally or on the engines",
             ) from None
         pushed = self._lookup_names(args.push)
-        session = self._session(args)
-        exec(compiled, shell.user_ns)  # locally first: a failing cell never reaches engines
+        try:
+            session = self._session(args)
+        except KeyboardInterrupt:
+            raise CellError(KeyboardInterrupt(
+                "interrupted while the engines started; whatever had started was stopped"
+            )) from None
+        try:  # locally first: a failing cell never reaches the engines
+            exec(compiled, shell.user_ns)
+        except Exception as e:  # the user's error, shown from the user's frames on
+            raise CellError(e, e.__traceback__.tb_next if e.__traceback__ else None) from None
         if code.strip():
             session.execute(code)
         if pushed:
@@ -190,7 +203,13 @@ class KubeMagics(Magics):
         handle.name = args.out
         if args.background:
             return _in_background(handle, shell.user_ns, args.out)
-        results = handle.result(progress=not args.no_progress and not widget_shown)
+        try:
+            results = handle.result(progress=not args.no_progress and not widget_shown)
+        except KeyboardInterrupt:
+            p = handle.progress()
+            raise CellError(KeyboardInterrupt(
+                f"the map was interrupted after {p.done} of {p.total} items; the rest was "
+                "cancelled, the engines and pushed data are kept")) from None
         if args.out:
             shell.user_ns[args.out] = results
             return None
@@ -332,6 +351,12 @@ def show_error(shell: Any, etype: type, value: BaseException, tb: Any,
     The user's input was wrong, not the code; a traceback into kubemagic would only hide
     the "how to fix" line.
     """
+    if isinstance(value, CellError):  # the user's exception, from the user's frames on
+        original = value.original
+        stb = shell.InteractiveTB.structured_traceback(
+            type(original), original, value.user_traceback, tb_offset=0)
+        shell._showtraceback(type(original), original, stb)
+        return stb
     text = f"{etype.__name__}: {value}"
     shell._showtraceback(etype, value, [text])
     return [text]
