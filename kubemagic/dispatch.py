@@ -74,6 +74,7 @@ class MapHandle:
         self._checked: set[int] = set()  # chunks re-sent to name an unpicklable result
         self._callbacks: list[Callable[["MapHandle"], None]] = []
         self._callback_lock = threading.Lock()
+        self._callbacks_ran = False
 
     # -- public --------------------------------------------------------------------------
     def start(self) -> None:
@@ -87,9 +88,11 @@ class MapHandle:
 
     def add_done_callback(self, callback: Callable[["MapHandle"], None]) -> None:
         """Call ``callback(handle)`` once the map has ended (at once if it has), from the
-        map's own thread: for maps nobody waits on (``--background``)."""
+        map's own thread, before :meth:`done` turns true — so whoever sees the map done
+        also sees what its callbacks did (``--background`` binds the results). A callback
+        must not wait for the map."""
         with self._callback_lock:
-            if not self.done():
+            if not self._callbacks_ran:
                 self._callbacks.append(callback)
                 return
         callback(self)
@@ -193,11 +196,19 @@ class MapHandle:
             self._abort_inflight()
             self.args = []  # the items are not needed any more: a 10M-item map frees them
             self.output.close()
-            with self._callback_lock:
-                self._finished.set()
-                callbacks, self._callbacks = self._callbacks, []
+            self._run_callbacks()
+            self._finished.set()
             self.events.emit(Topic.PROGRESS)
             self.events.emit(Topic.MAP)
+
+    def _run_callbacks(self) -> None:
+        """Every done-callback, including one added while the others run."""
+        while True:
+            with self._callback_lock:
+                callbacks, self._callbacks = self._callbacks, []
+                if not callbacks:
+                    self._callbacks_ran = True
+                    return
             for callback in callbacks:
                 try:
                     callback(self)

@@ -52,9 +52,11 @@ def test_background_map_binds_its_results_and_wait_raises_its_error(kernel):
 
 def test_a_failed_background_map_is_said_in_the_next_cell(kernel):
     kernel.run("%%kubemap bad2 range(4) --background --out nope\n"
-               "def bad2(x):\n    return 1 / (x - 1)\n")
-    kernel.run("import time\ns = kubemagic.current()\n"
-               "while any(not m.done() for m in s.maps): time.sleep(0.05)")
+               "import time\ndef bad2(x):\n    time.sleep(1)\n    return 1 / (x - 1)\n")
+    # this cell starts while the map still runs (its start says nothing) and waits for it
+    waited = kernel.run("import time\ns = kubemagic.current()\n"
+                        "while any(not m.done() for m in s.maps): time.sleep(0.05)")
+    assert "failed" not in waited
     out, errors = kernel.collect(kernel.submit("x = 1"))
     assert not errors
     assert "the background map for 'nope' failed: RemoteItemError: item 1" in out, out
