@@ -220,11 +220,14 @@ class MapHandle:
         straggling chunk once nothing else is left (see :mod:`kubemagic.speculation`)."""
         fleet = self.fleet
         for eid in ready:
-            while fleet.inflight(eid) < PIPELINE:
+            while fleet.inflight(eid) < PIPELINE and not self._holds_suspect(eid):
                 chunk = self.run.next_chunk(len(ready), engine=eid)
                 if chunk is None and fleet.inflight(eid) == 0:
                     chunk = self.run.speculative_chunk(engine=eid)
                 if chunk is None:
+                    break
+                if self.run.suspect(chunk) and fleet.inflight(eid):
+                    self.run.release(chunk)  # it runs alone, on an engine with nothing else
                     break
                 try:
                     self._send(eid, chunk)
@@ -239,6 +242,9 @@ class MapHandle:
                         fix="map a picklable function (defined at top level of a cell) "
                         "over picklable items"))
                     return
+
+    def _holds_suspect(self, eid: int) -> bool:
+        return any(e == eid and self.run.suspect(c) for c, e in self._inflight.values())
 
     def _send(self, eid: int, chunk: Chunk) -> Any:
         """One chunk to one engine; its items' prints are followed from now on."""

@@ -257,6 +257,11 @@ class MapRun:
         self.retried_chunks += 1
         self._requeue_range(chunk.start, chunk.stop, chunk.attempt + 1)
 
+    def suspect(self, chunk: Chunk) -> bool:
+        """Whether ``chunk`` is one item of a chunk whose engine died: it must run alone on
+        its engine (nothing queued before or behind it), so a death blames only it."""
+        return len(chunk) == 1 and chunk.start in self._suspect
+
     def _lost_error(self, chunk: Chunk, reason: str) -> SessionError:
         times = f"{chunk.attempt + 1} time(s)"
         if len(chunk) == 1:
