@@ -195,6 +195,8 @@ class MapHandle:
         finally:
             self._abort_inflight()
             self.args = []  # the items are not needed any more: a 10M-item map frees them
+            if self.resume is not None:
+                self.resume.finish()
             self.output.close()
             self._run_callbacks()
             self._finished.set()
@@ -244,7 +246,9 @@ class MapHandle:
                     return
 
     def _holds_suspect(self, eid: int) -> bool:
-        return any(e == eid and self.run.suspect(c) for c, e in self._inflight.values())
+        # the scan only once an engine died: it is on the dispatcher's per-chunk path
+        return self.run.has_suspects and any(
+            e == eid and self.run.suspect(c) for c, e in self._inflight.values())
 
     def _send(self, eid: int, chunk: Chunk) -> Any:
         """One chunk to one engine; its items' prints are followed from now on."""

@@ -257,6 +257,11 @@ class MapRun:
         self.retried_chunks += 1
         self._requeue_range(chunk.start, chunk.stop, chunk.attempt + 1)
 
+    @property
+    def has_suspects(self) -> bool:
+        """Whether any chunk's engine died in this map (only then do suspects exist)."""
+        return bool(self._suspect)
+
     def suspect(self, chunk: Chunk) -> bool:
         """Whether ``chunk`` is one item of a chunk whose engine died: it must run alone on
         its engine (nothing queued before or behind it), so a death blames only it."""

@@ -38,6 +38,7 @@ def plan(cache: bool | str | ResultCache | None, func: Callable[..., Any],
         return None, args
     try:
         resume = Resume(open_cache(cache), func, args, replay)
+        resume.owns_store = not isinstance(cache, ResultCache)
     except UsageError as e:
         print(f"kubemagic: running without the result cache: {e}")
         return None, args
@@ -59,6 +60,7 @@ class Resume:
         self.ikeys = item_keys(args)
         self.found = store.get_many(self.fkey, self.ikeys)
         self.todo = [i for i, key in enumerate(self.ikeys) if key not in self.found]
+        self.owns_store = False  # opened for this map (closed by finish) or the caller's
         self._storing = True
         self._warned_unpicklable = False
 
@@ -89,6 +91,11 @@ class Resume:
             self._warned_unpicklable = True
             say(f"kubemagic: {len(refused)} result(s) of this chunk cannot be pickled and "
                 "are not cached (nor are any like them later); a re-run computes them again")
+
+    def finish(self) -> None:
+        """The map ended: every chunk is stored; close a store opened for this map."""
+        if self.owns_store:
+            self.store.close()
 
     def merge(self, computed: list[Any], ordered: bool) -> list[Any]:
         """All results: cached ones in place (``ordered``), or first (completion order)."""
