@@ -6,10 +6,12 @@ bad value gets the same message whichever way it arrived.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable, Sequence, Sized
+from typing import Any
 
 from .config import settings
 from .errors import UsageError
+from .items import SingleItems, single_items
 
 
 def check_count(value: Any, what: str, minimum: int = 1) -> int:
@@ -107,8 +109,9 @@ def check_code(code: str) -> str:
     return code
 
 
-def materialize(iterables: tuple[Iterable[Any], ...]) -> list[tuple[Any, ...]]:
-    """zip() the iterables into argument tuples.
+def materialize(iterables: tuple[Iterable[Any], ...]) -> Sequence[tuple[Any, ...]]:
+    """The map's argument tuples: zip() of the iterables; of one iterable, a view that
+    makes each tuple only when its chunk is sent (:mod:`.items`).
 
     A non-iterable, or an iterable that raises while it is consumed (a generator that
     fails at item 1,234), gets one error naming the argument and the position, instead of
@@ -123,8 +126,13 @@ def materialize(iterables: tuple[Iterable[Any], ...]) -> list[tuple[Any, ...]]:
                 f"argument {i + 1} to map is a {type(it).__name__}, which is not iterable",
                 fix="pass a list, range, array or other iterable of items",
             ) from None
-    args: list[tuple[Any, ...]] = []
+    args: list[Any] = []
     try:
+        if len(iterables) == 1:
+            if isinstance(iterables[0], Sized):  # no copy of a range, tuple or array
+                return single_items(iterables[0])
+            args.extend(iterators[0])  # keeps the items read before an error
+            return SingleItems(args)
         args.extend(zip(*iterators))  # C speed; keeps the rows read before an error
     except Exception as e:
         raise UsageError(

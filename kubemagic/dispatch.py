@@ -29,6 +29,7 @@ from .mapping import Chunk, MapRun, Progress
 from .output import MapOutput
 from .resume import Resume
 from .progress import progress_display
+from .recovery import Busy, Recovery
 
 log = logging.getLogger("kubemagic")
 
@@ -44,9 +45,14 @@ class MapHandle:
     def __init__(self, fleet: Fleet, events: Events, func: Callable[..., Any],
                  args: list[tuple[Any, ...]], *, chunksize: int | str, ordered: bool,
                  retries: int, timeout: float | None, return_exceptions: bool,
-                 starve_timeout: float, speculate: bool = True,
+                 starve_timeout: float, recovery: Recovery, speculate: bool = True,
                  resume: Resume | None = None) -> None:
         self.fleet = fleet
+        self.recovery = recovery
+        #: engines an early end of the map left busy, and what became of them (one
+        #: sentence each: "engine 2 was still running item 17 after the timeout; ...")
+        self.notes: list[str] = []
+        self._timed_out = False
         self.events = events
         self.starve_timeout = starve_timeout
         self.func = func
@@ -72,6 +78,7 @@ class MapHandle:
         #: what the items print: kept whole, and the cell's share printed by result()
         self.output = MapOutput(item_numbers=resume.todo.__getitem__ if resume else None)
         self._checked: set[int] = set()  # chunks re-sent to name an unpicklable result
+        self._sent: list[str] = []  # every chunk sent: the Client forgets them at the end
         self._callbacks: list[Callable[["MapHandle"], None]] = []
         self._callback_lock = threading.Lock()
         self._callbacks_ran = False
@@ -105,11 +112,13 @@ class MapHandle:
         self._engines_gone = self._engines_gone or engines_gone
         self._cancel.set()
 
-    def result(self, timeout: float | None = None, progress: bool = False) -> list[Any]:
+    def result(self, timeout: float | None = None, progress: bool = False,
+               keep: bool = True) -> list[Any]:
         """Wait for the map (widgets stay live), then return results or raise its error.
 
         A KeyboardInterrupt while waiting cancels the map and is re-raised; the engines
-        and everything pushed to them stay.
+        and everything pushed to them stay. ``keep=False``: the caller takes the results
+        over, the handle drops them (a blocking map's list is freed with the caller's).
         """
         display = progress_display(self.progress, self.run.total) if progress else None
 
@@ -133,7 +142,10 @@ class MapHandle:
         if not finished:
             raise TimeoutError(f"map not finished after {timeout} s")
         self.seen = True  # someone waited: its outcome reached a cell
-        return self.value()
+        value = self.value()
+        if not keep:
+            self.run.hand_over()
+        return value
 
     def value(self) -> list[Any]:
         """The results of the ended map (no waiting), or its error raised."""
@@ -157,6 +169,7 @@ class MapHandle:
                                "the engines were shut down (Shut down / %kubemap stop)")
                     break
                 if deadline is not None and time.monotonic() > deadline:
+                    self._timed_out = True
                     run.fail(KubemagicError(
                         f"the map did not finish within {self.timeout} s "
                         f"({run.done} of {run.total} items done)",
@@ -198,6 +211,7 @@ class MapHandle:
             if self.resume is not None:
                 self.resume.finish()
             self.output.close()
+            self.fleet.forget(self._sent)
             self._run_callbacks()
             self._finished.set()
             self.events.emit(Topic.PROGRESS)
@@ -256,6 +270,7 @@ class MapHandle:
             eid, remote.run_chunk, self.func, self.args[chunk.start:chunk.stop],
             not self.return_exceptions, chunk.start, chunk.id in self._checked)
         self._inflight[ar] = (chunk, eid)
+        self._sent.extend(ar.msg_ids)
         self.output.watch(ar, eid)
         return ar
 
@@ -264,12 +279,12 @@ class MapHandle:
         self.fleet.settle(eid)
         self.output.finished(ar)
         try:
-            results, first_failure, seconds = ar.get()
+            results, first_failure, seconds, handed_back = ar.get()
         except ipp.error.EngineError as e:
-            self.run.lost(chunk, f"engine {eid} died ({e})")
+            self._lost(chunk, eid, f"engine {eid} died ({e})")
         except ipp.error.RemoteError as e:
             if _engine_gone(e):
-                self.run.lost(chunk, f"engine {eid} went away ({e.ename})")
+                self._lost(chunk, eid, f"engine {eid} went away ({e.ename})")
                 return
             unpicklable = "pickle" in str(e.evalue)
             if unpicklable and chunk.id not in self._checked and self.fleet.alive(eid):
@@ -286,10 +301,18 @@ class MapHandle:
                 "usually a name or module the function needs is missing on the "
                 "engines: define it in the cell body, --push it, or import it there"))
         else:
+            if handed_back >= 0:  # its engine is leaving: the rest of the chunk is requeued
+                self.fleet.leaving(eid)
             if self.resume is not None:
                 self.resume.store_chunk(chunk.start, results, self.output.note)
             for twin in self.run.complete(chunk, results, seconds, clean=first_failure < 0):
                 self._drop(twin)
+
+    def _lost(self, chunk: Chunk, eid: int, reason: str) -> None:
+        """The engine of ``chunk`` died. When that names a poison item, the error says
+        what the engine died of: the platform is asked first (it may take a moment)."""
+        death = self.recovery.death(eid) if self.run.blames(chunk) else None
+        self.run.lost(chunk, reason, death, eid)
 
     def _drop(self, chunk: Any) -> None:
         """The other copy of a speculated chunk lost the race: abort it if still queued,
@@ -302,19 +325,35 @@ class MapHandle:
                 ar.add_done_callback(lambda _f, eid=eid: self.fleet.settle(eid))
 
     def _abort_inflight(self) -> None:
-        """Drop queued chunks of a finished/failed/cancelled map from the engines."""
+        """Drop queued chunks of an ended map from the engines, and free the engines that
+        still run one (:mod:`kubemagic.recovery`): the next map finds them idle, or new.
+        Not when the session is shutting down: its engines are going anyway."""
         if not self._inflight:
             return
         self.fleet.abort([m for ar in self._inflight for m in ar.msg_ids])
-        if not self._engines_gone:
-            # wait briefly so engines are idle again for the next cell (running items finish)
-            concurrent.futures.wait(list(self._inflight), timeout=10)
+        if not self._engines_gone and self.run.state != "done":
+            when = ("after the timeout" if self._timed_out else "when the map was cancelled"
+                    if self.run.state == "cancelled" else "when the map failed")
+            busy = [Busy(ar, eid, c.start, c.stop) for ar, (c, eid) in self._inflight.items()]
+            self.notes = self.recovery.release(busy, self.run.item_number, when)
+            if self.notes:
+                self.run.error = _noted(self.run.error, self.notes)
         for ar in list(self._inflight):
             _, eid = self._inflight.pop(ar)
             self.fleet.settle(eid)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _noted(error: BaseException | None, notes: list[str]) -> BaseException | None:
+    """The map's error, saying what became of the engines it left busy."""
+    text = "; ".join(notes)
+    if type(error) in (KubemagicError, SessionError, StartupError):
+        return type(error)(f"{error.message}; {text}", fix=error.fix)  # type: ignore[union-attr]
+    if error is not None:
+        error.add_note(text)
+    return error
 
 
 def _engine_gone(e: Any) -> bool:

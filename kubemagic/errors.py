@@ -84,3 +84,22 @@ class RemoteItemError(KubemagicError):
             fix="fix the function for this input, or pass --return-exceptions "
             "(return_exceptions=True) to collect exceptions as results",
         )
+
+
+class PoisonItemError(RemoteItemError, SessionError):
+    """An item that killed every engine that ran it (out of memory, a crash in native code,
+    ``os._exit``), named with what its engines died of (:mod:`kubemagic.deaths`).
+
+    A :class:`RemoteItemError` (with ``return_exceptions`` it is that item's result, and the
+    map goes on) and a :class:`SessionError` (its engines died; they are replaced).
+    """
+
+    def __init__(self, index: int, item_repr: str, cause: str, message: str, fix: str,
+                 engine_id: int | None = None) -> None:
+        self.index = index
+        self.item_repr = item_repr
+        self.ename = "EngineDied"
+        self.evalue = cause
+        self.remote_traceback = ""
+        self.engine_id = engine_id
+        KubemagicError.__init__(self, message, fix)

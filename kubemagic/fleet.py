@@ -36,7 +36,9 @@ class EngineInfo:
     id: int
     index: int = -1  # backend slot, learned from the engine itself
     host: str = ""
-    state: str = "joining"  # joining -> ready -> draining -> gone
+    pid: int = 0  # its process id, on its host
+    ident: str = ""  # its identity with the controller (on Kubernetes: its pod's name)
+    state: str = "joining"  # joining -> ready -> draining or leaving -> gone
     inflight: int = 0
     joined: float = 0.0
 
@@ -135,7 +137,8 @@ class Fleet:
             info.state = "gone"
             self._report(f"engine {info.id} failed its first task: {e}")
             return
-        info.index, info.host = data["index"], data["host"]
+        info.index, info.host, info.pid = data["index"], data["host"], data.get("pid", 0)
+        info.ident = (getattr(fut, "metadata", None) or {}).get("engine_uuid") or ""
         if info.index >= self.target and info.state == "ready":
             info.state = "draining"
         self._events.emit(Topic.ENGINES)
@@ -205,6 +208,22 @@ class Fleet:
             if info is not None:
                 info.inflight -= 1
 
+    def forget(self, msg_ids: list[str]) -> None:
+        """Drop ended tasks' results and metadata from the Client's caches.
+
+        The Client keeps every result until purged: a session of many maps would hold all
+        their results for ever (10M no-op items: 430 MB after the user deleted the list).
+        Called once per map, when it has ended and its output is closed (prints may still
+        arrive for a task after its result). Popped directly: ``purge_local_results``
+        scans the whole task history on every call.
+        """
+        if self._client is None:
+            return
+        results, metadata = self._client.results, self._client.metadata
+        for msg_id in msg_ids:
+            results.pop(msg_id, None)
+            metadata.pop(msg_id, None)
+
     def abort(self, msg_ids: list[str]) -> None:
         """Drop queued tasks from the engines (running ones finish)."""
         if self._client is not None and msg_ids:
@@ -261,6 +280,17 @@ class Fleet:
             for info in self.engines.values():
                 if info.state == "ready" and info.index >= n:
                     info.state = "draining"
+        self._events.emit(Topic.ENGINES)
+
+    def leaving(self, eid: int) -> None:
+        """Engine ``eid`` handed work back: it is leaving on its own (its pod is being
+        deleted or evicted) and exits once its last reply is out. No new work for it, and
+        nothing for a scale-down to drain or shut down."""
+        with self._lock:
+            info = self.engines.get(eid)
+            if info is None or info.state not in ("ready", "draining"):
+                return
+            info.state = "leaving"
         self._events.emit(Topic.ENGINES)
 
     def draining_busy(self) -> bool:

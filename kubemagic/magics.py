@@ -139,7 +139,7 @@ class KubeMagics(Magics):
         _check_out(args.out)
         words = parts.head.split()
         if cell is None and words and words[0] in SUBCOMMANDS:
-            return subcommands.run(words[0], words[1:], start=lambda: self._session(args),
+            return subcommands.run(words[0], words[1:], start=lambda: self._starting(args),
                                    show=self._show, cache=args.cache)
         if cell is None and not words:
             raise UsageError(
@@ -174,12 +174,7 @@ class KubeMagics(Magics):
                 fix="fix the cell; nothing was run locally or on the engines",
             ) from None
         pushed = self._lookup_names(args.push)
-        try:
-            session = self._session(args)
-        except KeyboardInterrupt:
-            raise CellError(KeyboardInterrupt(
-                "interrupted while the engines started; whatever had started was stopped"
-            )) from None
+        session = self._starting(args)
         try:  # locally first: a failing cell never reaches the engines
             exec(compiled, shell.user_ns)
         except Exception as e:  # the user's error, shown from the user's frames on
@@ -204,16 +199,29 @@ class KubeMagics(Magics):
         if args.background:
             return _in_background(handle, shell.user_ns, args.out)
         try:
-            results = handle.result(progress=not args.no_progress and not widget_shown)
+            results = handle.result(progress=not args.no_progress and not widget_shown,
+                                    keep=False)
         except KeyboardInterrupt:
             p = handle.progress()
+            # what became of engines still running its items: "engine 2 was still ..."
+            engines = "".join(f"; {note}" for note in handle.notes)
             raise CellError(KeyboardInterrupt(
                 f"the map was interrupted after {p.done} of {p.total} items; the rest was "
-                "cancelled, the engines and pushed data are kept")) from None
+                f"cancelled, the engines and pushed data are kept{engines}")) from None
         if args.out:
             shell.user_ns[args.out] = results
             return None
         return results
+
+    def _starting(self, args: Any) -> session_mod.KubeCluster:
+        """:meth:`_session`, an interrupt while engines start said in one line."""
+        try:
+            return self._session(args)
+        except KeyboardInterrupt:
+            raise CellError(KeyboardInterrupt(
+                "interrupted while the engines started; whatever had started is stopped (in "
+                "the background if it takes a while), and the next cell starts anew"
+            )) from None
 
     def _session(self, args: Any) -> session_mod.KubeCluster:
         """The kernel's session: reuse it, scale it if -n differs, or start one."""

@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
+from .deaths import Death, poison_error
 from .errors import RemoteItemError, SessionError
 from .chunking import ChunkPlanner
 from .speculation import Speculation, StragglerRule
@@ -99,6 +100,7 @@ class MapRun:
     _completion_order: list[int] = field(default_factory=list)
     _suspect: set[int] = field(default_factory=set)  # items on engines that died
     _filled: bytearray = field(default_factory=bytearray)  # 1 per item with a result
+    _released: bool = False  # results handed over and dropped (hand_over())
     done: int = 0
     failures: int = 0
     retried_chunks: int = 0
@@ -185,6 +187,9 @@ class MapRun:
         """Record a chunk's results. Items already done (a retried duplicate, the late
         copy of a speculated chunk) are dropped.
 
+        ``results`` may be a prefix of the chunk (a leaving engine handed the rest back):
+        the rest is queued again at the same attempt.
+
         Returns the chunks this made redundant (the other copy of a speculated chunk, at
         most one, each returned once): the caller should abort them. Raises nothing: a
         failing item sets ``error`` and ends the map unless ``return_exceptions``; the
@@ -226,8 +231,9 @@ class MapRun:
             self.done += 1
         redundant = []
         if count < len(chunk):
-            # stopped early (stop_on_error) but without failure: the rest is still to do,
-            # by the other copy if one runs, else requeued
+            # a prefix: its engine is leaving and handed the rest back (or it stopped
+            # early without failure). The rest is still to do, by the other copy if one
+            # runs, else requeued as it was: no retry used, no item made suspect
             if twin is None and self.active:
                 self._requeue_range(chunk.start + len(results), chunk.stop, chunk.attempt)
         elif twin is not None:  # its late result or loss will be ignored
@@ -239,23 +245,37 @@ class MapRun:
             self._finish("done")
         return redundant
 
-    def lost(self, chunk: Chunk, reason: str) -> None:
+    def lost(self, chunk: Chunk, reason: str, death: Death | None = None,
+             engine: Hashable | None = None) -> None:
         """The engine running ``chunk`` died: requeue it, or fail after ``retries``.
 
         Nothing to do when the chunk is no longer outstanding (reported already, or made
-        redundant), nor while its other copy still runs: no attempt is used then.
+        redundant), nor while its other copy still runs: no attempt is used then. Its items
+        run alone from now on (:meth:`suspect`), even a single one: it may have waited
+        behind the item that killed the engine. A suspect lost past its retries is a
+        poison item, named with ``death`` (what ``engine`` died of, see :meth:`blames`):
+        the map's error, or with ``return_exceptions`` that item's result.
         """
         if self._out.pop(chunk.id, None) is None:
             return
         if self._spec.landed(chunk, self.clock()) is not None or not self.active:
             return
-        if chunk.attempt >= self.retries:
-            self.fail(self._lost_error(chunk, reason))
-            return
-        if len(chunk) > 1:
+        if chunk.attempt < self.retries:
             self._suspect.update(range(chunk.start, chunk.stop))
-        self.retried_chunks += 1
-        self._requeue_range(chunk.start, chunk.stop, chunk.attempt + 1)
+            self.retried_chunks += 1
+            self._requeue_range(chunk.start, chunk.stop, chunk.attempt + 1)
+            return
+        error = self._lost_error(chunk, reason, death, engine)
+        if not self.suspect(chunk) or not self.return_exceptions:
+            self.fail(error)
+            return
+        self.failures += 1  # the poison item's result is its error; the map goes on
+        self._results[chunk.start], self._filled[chunk.start] = error, 1
+        if not self.ordered:
+            self._completion_order.append(chunk.start)
+        self.done += 1
+        if self.done == self.total:
+            self._finish("done")
 
     @property
     def has_suspects(self) -> bool:
@@ -267,18 +287,24 @@ class MapRun:
         its engine (nothing queued before or behind it), so a death blames only it."""
         return len(chunk) == 1 and chunk.start in self._suspect
 
-    def _lost_error(self, chunk: Chunk, reason: str) -> SessionError:
-        times = f"{chunk.attempt + 1} time(s)"
-        if len(chunk) == 1:
-            number = chunk.start if self.item_numbers is None else self.item_numbers(chunk.start)
-            return SessionError(
-                f"item {number} ({self._repr(chunk.start)}) was running each time its engine "
-                f"died, {times} ({reason}): the item itself probably kills the engine — out "
-                "of memory, or a crash in native code",
-                fix="give the engines more memory (--memory on Kubernetes) or fix the "
-                "function for this item; --retries N tries more often")
+    def blames(self, chunk: Chunk) -> bool:
+        """Whether losing ``chunk`` now names its item as a poison item: the caller then
+        finds out what the engine died of first (the platform may take a moment to say)."""
+        return self.active and self.suspect(chunk) and chunk.attempt >= self.retries
+
+    def item_number(self, index: int) -> int:
+        """The user's number of item ``index`` (they differ in a map resumed from a cache)."""
+        return index if self.item_numbers is None else self.item_numbers(index)
+
+    def _lost_error(self, chunk: Chunk, reason: str, death: Death | None = None,
+                    engine: Hashable | None = None) -> SessionError:
+        if self.suspect(chunk):
+            return poison_error(self.item_number(chunk.start), self._repr(chunk.start),
+                                chunk.attempt + 1, reason, death, engine)
+        first, last = self.item_number(chunk.start), self.item_number(chunk.stop - 1)
+        what = f"items {first}..{last} were" if last > first else f"item {first} was"
         return SessionError(
-            f"items {chunk.start}..{chunk.stop - 1} were lost {times}: {reason}",
+            f"{what} lost {chunk.attempt + 1} time(s): {reason}",
             fix="raise --retries (retries=...) or look at the engines' logs "
             "(%kubemap logs) for why they die")
 
@@ -347,9 +373,17 @@ class MapRun:
         """The results, in item order (or completion order when ``ordered=False``)."""
         if self.state != "done":
             raise self.error or SessionError("map is not finished")
+        if self._released:
+            raise SessionError("this map's results were handed over and are not kept",
+                               fix="use the list the map returned (or its --out variable)")
         if self.ordered:
             return self._results  # not copied: 10M results would need twice the memory
         return [self._results[i] for i in self._completion_order]
+
+    def hand_over(self) -> None:
+        """The results were handed to the caller: keep no reference, so they go when the
+        caller drops them (the session keeps its last map for status and ``wait``)."""
+        self._results, self._completion_order, self._released = [], [], True
 
     def _repr(self, index: int) -> str:
         if self.item_reprs is None:

@@ -10,6 +10,11 @@ decimal global item index, ``"\\x1f"`` (the ASCII record/unit separators, which 
 text does not contain). ipyparallel forwards the engine's streams live to the client,
 where :mod:`kubemagic.itemlog` strips the marks and tells which item wrote which line.
 Output written outside an item (the cell body run on the engine, engine logs) has none.
+
+An engine that is told to leave (SIGTERM on Kubernetes: pod deleted, evicted, drained;
+see :mod:`kubemagic.k8s.engine`) calls :func:`hand_back_from_now`: from then on every
+chunk stops before its next item and hands the items it did not run back to the kernel,
+which queues them for other engines. No finished item is lost, none runs twice.
 """
 
 from __future__ import annotations
@@ -34,6 +39,31 @@ MARK_END = "\x1f"
 #: the fix hint of a result that cannot travel back to the client
 _SEND_FIX = ("return plain data (lists, numbers, strings, arrays), not generators, "
              "open files, locks or connections")
+
+
+#: set once this engine is leaving (see the module docstring); never unset
+_leaving = False
+#: the running chunk's :class:`_ItemOutput`: :func:`hand_back_from_now` raises its
+#: ``pending`` flag, which the chunk loop reads anyway, so a no-op map pays nothing per item
+_running: _ItemOutput | None = None
+#: items this engine handed back since it began leaving, for its last words
+_handed_back_items = 0
+
+
+def hand_back_from_now() -> None:
+    """This engine is leaving: the running chunk stops after its current item, and every
+    later chunk hands all its items back at once. Safe to call from a signal handler or
+    another thread (it only sets flags); there is no way back, the engine is about to exit."""
+    global _leaving
+    _leaving = True
+    running = _running
+    if running is not None:
+        running.pending = True
+
+
+def handed_back_items() -> int:
+    """How many items this engine handed back since :func:`hand_back_from_now`."""
+    return _handed_back_items
 
 
 def item_mark(index: int) -> str:
@@ -64,8 +94,9 @@ def run_chunk(
     stop_on_error: bool,
     start: int = 0,
     check_results: bool = False,
-) -> tuple[list[Any], int, float]:
-    """Apply ``func`` to each argument tuple; return (results, first_failure_offset, seconds).
+) -> tuple[list[Any], int, float, int]:
+    """Apply ``func`` to each argument tuple; return
+    ``(results, first_failure_offset, seconds, handed_back_offset)``.
 
     ``start`` is the global index of the chunk's first item: its output lines are marked
     with it (see the module docstring), so the client can say which item printed what.
@@ -85,12 +116,21 @@ def run_chunk(
     replaced by an :class:`ItemFailure` naming the item. Off by default, since it pickles
     every result twice; the dispatcher re-sends a chunk with it after ipyparallel failed to
     serialize the chunk's results, which otherwise cannot say which item was at fault.
+
+    ``handed_back_offset`` is -1 when the chunk ran to its end (or stopped at a failure),
+    else the offset ``k`` of the first item not run because the engine is leaving
+    (:func:`hand_back_from_now`): ``results`` then holds items ``0..k-1`` and the kernel
+    queues items ``k..`` again, for another engine, without counting a retry.
     """
+    global _handed_back_items, _running
     results: list[Any] = []
     first_failure = -1
+    handed_back = -1
     began = time.perf_counter()
     real_out, real_err = sys.stdout, sys.stderr
-    output = _ItemOutput(real_out, real_err)
+    output = _running = _ItemOutput(real_out, real_err)
+    # read after registering the chunk, so a hand-back in between is not missed
+    output.pending = _leaving
     out, err = output.out, output.err
     loop: _LoopThread | None = None
     # The wrappers stay in place from the first item to the last (only this loop runs in
@@ -100,6 +140,14 @@ def run_chunk(
     sys.stdout, sys.stderr = out, err
     try:
         for offset, a in enumerate(args):
+            # one slot read per item covers both rare cases: the last item left a line
+            # unfinished, or this engine is leaving
+            if output.pending:
+                output.end_item()
+                if _leaving:
+                    handed_back = offset
+                    _handed_back_items += len(args) - offset
+                    break
             output.index = start + offset
             try:
                 value = func(*a)
@@ -108,8 +156,6 @@ def run_chunk(
                     value = loop.run(value)
             except BaseException as e:  # noqa: BLE001 - reported to the client, item by item
                 value = _failure(e)
-            if output.unfinished:
-                output.end_item()
             if sys.stdout is not out or sys.stderr is not err:
                 sys.stdout, sys.stderr = out, err
             if check_results and type(value) is not ItemFailure:
@@ -120,11 +166,14 @@ def run_chunk(
                     first_failure = offset
                 if stop_on_error:
                     break
+        if output.pending:
+            output.end_item()
     finally:
+        _running = None
         sys.stdout, sys.stderr = real_out, real_err
         if loop is not None:
             loop.close()
-    return results, first_failure, time.perf_counter() - began
+    return results, first_failure, time.perf_counter() - began, handed_back
 
 
 def _failure(e: BaseException) -> ItemFailure:
@@ -162,20 +211,21 @@ class _ItemOutput:
     accesses (a stream delegates unknown attributes, which slows every attribute read).
     """
 
-    __slots__ = ("index", "unfinished", "out", "err")
+    __slots__ = ("index", "pending", "out", "err")
 
     def __init__(self, real_out: TextIO, real_err: TextIO) -> None:
         #: the global index of the running item
         self.index = 0
-        #: whether a stream's last line is unfinished
-        self.unfinished = False
+        #: whether something is to be done before the next item: a stream's last line is
+        #: unfinished, or the engine is leaving (:func:`hand_back_from_now`)
+        self.pending = False
         self.out = _TaggedStream(real_out, self)
         self.err = _TaggedStream(real_err, self)
 
     def end_item(self) -> None:
         """End the item's unfinished last lines, so the next item's output starts lines
         of its own (with its mark)."""
-        self.unfinished = False
+        self.pending = False
         self.out.end_line()
         self.err.end_line()
 
@@ -210,7 +260,7 @@ class _TaggedStream:
                 if self._at_line_start:
                     marked = marked[: len(marked) - len(mark)]
                 else:
-                    self._item.unfinished = True
+                    self._item.pending = True
                 self.real.write(marked)
         return len(text)
 

@@ -9,7 +9,6 @@ down from here (dispatch → fleet → engines); changes come back up as
 
 from __future__ import annotations
 
-import logging
 import sys
 import uuid
 from typing import Any, Callable, ContextManager, Iterable
@@ -29,10 +28,10 @@ from .fleet import EngineInfo, Fleet
 from .imports import recorded_imports
 from .replay import Entry, ReplayLog
 from .resume import ResultCache, plan
+from .recovery import Recovery
 from .serialize import set_remote_names, use_notebook_pickler
 from .scaling import Scaler
-
-log = logging.getLogger("kubemagic")
+from .teardown import Teardown, uninterrupted
 
 
 class KubeCluster:
@@ -100,6 +99,8 @@ class KubeCluster:
             where=f"{self.backend} backend, controller at {self.spec.controller_location}",
             report=self._report)
         self.controller = controller.Controller(self.spec, self.cluster_id, self._loop)
+        self.recovery = Recovery(self.fleet, lambda: self.launcher)  # engines maps left busy
+        self._teardown = Teardown(self, self.fleet, self.controller, report=self._report)
         self._widget: Any = None
         lifetime.track(self)
 
@@ -133,8 +134,10 @@ class KubeCluster:
             self.fleet.attach(client)
             self.scaler.wait_for(self.n)
         except BaseException:
-            self.state = "failed"
-            self._teardown()
+            with uninterrupted():
+                self.state = "failed"
+                self._teardown.begin()
+            self._teardown.wait()
             raise
         self.state = "running"
         if self.idle_timeout > 0:
@@ -143,27 +146,21 @@ class KubeCluster:
         return self
 
     def stop(self) -> None:
-        """Cancel any map, stop engines and controller, remove every trace. Idempotent."""
+        """Cancel any map, stop engines and controller, remove every trace. Idempotent. An
+        interrupt leaves it stopped, the teardown going on (:mod:`kubemagic.teardown`)."""
         self.scaler.stop_watching()
-        if self.state == "stopped":
-            return
-        for handle in self.maps:
-            handle.cancel(engines_gone=True)
-        self._teardown()
-        self.state = "stopped"
+        with uninterrupted():
+            if self.state != "stopped":
+                self.state = "stopped"
+                for handle in self.maps:
+                    handle.cancel(engines_gone=True)
+                self._teardown.begin()
+                # nothing of a stopped session stays in memory, even while a widget shows it
+                self.replay.clear()
+                self.maps = []
+                set_remote_names(frozenset())
         self._events.emit(Topic.STATE)
-        # nothing of a stopped session stays in memory, even while a widget still shows it
-        self.replay.clear()
-        self.maps = []
-        set_remote_names(frozenset())
-
-    def _teardown(self) -> None:
-        self.fleet.detach()
-        problem = self.controller.stop()
-        if problem:
-            self.last_error = problem
-            log.warning(problem)
-        lifetime.untrack(self)
+        self._teardown.wait()
 
     @property
     def launcher(self) -> Any:
@@ -304,7 +301,8 @@ class KubeCluster:
             self.fleet, self._events, func, args, chunksize=check_chunksize(chunksize),
             ordered=ordered, timeout=timeout, return_exceptions=return_exceptions,
             retries=self.retries if retries is None else check_count(retries, "retries", 0),
-            starve_timeout=self.start_timeout, speculate=speculate, resume=resume)
+            starve_timeout=self.start_timeout, recovery=self.recovery, speculate=speculate,
+            resume=resume)
         # kept: running maps, and named ones whose outcome no one has seen (%kubemap wait)
         self.maps = [m for m in self.maps if not m.done() or (m.name and not m.seen)]
         self.maps.append(handle)
@@ -321,7 +319,7 @@ class KubeCluster:
         Ctrl-C / the notebook's stop button cancels pending work and keeps the engines.
         """
         handle = self.map_async(func, *iterables, **kwargs)
-        return handle.result(progress=progress)
+        return handle.result(progress=progress, keep=False)
 
     @property
     def current_map(self) -> MapHandle | None:

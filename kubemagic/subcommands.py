@@ -12,7 +12,7 @@ from typing import Any, Callable
 from . import session as session_mod
 from .backends.options import whole_number
 from .cache import ResultCache
-from .errors import SessionError, UsageError
+from .errors import CellError, SessionError, UsageError
 from .itemlog import format_line
 
 SUBCOMMANDS = ("status", "scale", "stop", "logs", "output", "widget", "start", "wait",
@@ -41,8 +41,13 @@ def run(cmd: str, params: list[str], *, start: Callable[[], Any],
         return print_status()
     if cmd == "stop":
         session = session_mod.current()
-        if session is not None:
-            session.stop()
+        try:
+            if session is not None:
+                session.stop()
+        except KeyboardInterrupt:  # the session is stopped all the same (see teardown.py)
+            raise CellError(KeyboardInterrupt(
+                "interrupted while stopping: the session is stopped, its engines and controller "
+                "go on stopping in the background; the next cell starts a new fleet")) from None
         return print("kubemagic: engines and controller stopped")
     if cmd == "logs":
         return print(existing().logs(tail=int_param(params, "logs LINES", default=200)))

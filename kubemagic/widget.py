@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 ENGINES_REFRESH_S = 0.25
 
 _STATE_COLORS = {"ready": "#2e7d32", "joining": "#f9a825", "draining": "#ef6c00",
-                 "gone": "#9e9e9e"}
+                 "leaving": "#ef6c00", "gone": "#9e9e9e"}
 
 
 class SessionWidget(w.VBox):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubemagic.k8s.manifests import DIAGNOSTIC_RULES, ROLE_RULES
+from kubemagic.k8s.role import DIAGNOSTIC_RULES, ROLE_RULES
 from kubemagic.k8s.rbac import render_rbac
 
 pytestmark = pytest.mark.cluster

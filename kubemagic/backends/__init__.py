@@ -109,6 +109,18 @@ class ScalableEngineLauncher(Protocol):
     def get_output(self, remove: bool = False) -> str:
         """Recent engine logs (process output or pod logs)."""
 
+    def signal_engine(self, engine: Any, sig: int) -> bool:
+        """Send ``sig`` to the process of one engine (``engine``: the fleet's
+        :class:`~kubemagic.fleet.EngineInfo`, with its slot, pid and controller identity).
+        SIGINT interrupts the task it runs; SIGKILL ends it at once, and a new engine
+        takes its slot (no crash counted). True when sent. Called from a map's own thread:
+        it may block briefly."""
+
+    def engine_death(self, engine: Any) -> Any:
+        """What ``engine`` died of, as the platform saw it (a
+        :class:`kubemagic.deaths.Death`), or None while it does not know (yet). Cheap:
+        polled for a few seconds after an engine was lost."""
+
 
 # -- the registry ------------------------------------------------------------------------------
 @dataclass(frozen=True)

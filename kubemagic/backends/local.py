@@ -20,6 +20,7 @@ from typing import Any
 from ipyparallel.cluster.launcher import LocalEngineLauncher, LocalEngineSetLauncher
 from traitlets import default
 
+from ..deaths import Death, of_process
 from .._guard import PARENT_PID_ENV
 from . import ENGINE_INDEX_ENV, Backend, BackendSpec
 from .options import layer_values, option, parse_key_values, parse_options_of
@@ -70,8 +71,17 @@ def local_backend(**options: Any) -> BackendSpec:
     )
 
 
-#: an engine that dies this soon after its start (seconds) counts towards a crash loop
+#: an engine that dies this soon after its start (seconds), before it registered, counts
+#: towards a crash loop
 YOUNG_DEATH_S = 10.0
+#: what ipengine logs once registered: a death after it is no failure to start (an item
+#: that kills its engine, a kill by hand)
+REGISTERED_LINE = "Completed registration"
+#: the longest pause before a slot whose engines keep dying young after registering gets
+#: a new one (seconds)
+REFILL_PAUSE_MAX_S = 30.0
+#: exit statuses kept for :meth:`ScalableLocalEngineSetLauncher.engine_death`
+EXITS_KEPT = 256
 #: young deaths in a row after which a slot is left empty
 CRASH_LOOP_DEATHS = 3
 
@@ -104,6 +114,11 @@ class ScalableLocalEngineSetLauncher(LocalEngineSetLauncher):
         #: per slot, when its engine started and how many in a row died young
         self._started: dict[str, float] = {}
         self._young_deaths: dict[str, int] = {}
+        self._quick_deaths: dict[str, int] = {}  # the same, after registering
+        #: engines killed on purpose (stuck in an item): replaced, never a crash
+        self._killed: weakref.WeakSet[LocalEngineLauncher] = weakref.WeakSet()
+        #: pid -> exit status of engines that ended (negative: killed by that signal)
+        self._exits: dict[int, int | None] = {}
 
     def start(self, n: int) -> list[Any]:
         self.n = n
@@ -143,21 +158,44 @@ class ScalableLocalEngineSetLauncher(LocalEngineSetLauncher):
             del self.launchers[identifier]
         self.outputs[identifier] = launcher.get_output()
         self.stop_data.setdefault("engines", {})[identifier] = data
+        self._exits[data.get("pid", launcher.pid)] = data.get("exit_code")
+        while len(self._exits) > EXITS_KEPT:
+            del self._exits[next(iter(self._exits))]
         self._replace(identifier, launcher)
 
     def _replace(self, identifier: str, launcher: LocalEngineLauncher) -> None:
         """An engine that died on its own (killed for memory, a crash) is replaced in its
-        slot, as a Kubernetes Job replaces a pod: the fleet keeps its size. One that keeps
-        dying within seconds of its start is a crash loop, not bad luck: the slot stays
-        empty and :meth:`diagnose` says why."""
+        slot, as a Kubernetes Job replaces a pod: the fleet keeps its size.
+
+        One that keeps dying within seconds of its start, before it registered, is a crash
+        loop, not bad luck: the slot stays empty and :meth:`diagnose` says why. One that
+        had registered was killed by an item (or by the replayed code): it is replaced at
+        once, but after more than :data:`CRASH_LOOP_DEATHS` such young deaths in a row
+        only after a pause that doubles (1, 2, 4 ... s), so code that kills every new
+        engine does not keep the machine busy starting them. One killed on purpose (an
+        item stuck in it) is replaced at once."""
         if (self._stopping or launcher in self._leaving or int(identifier) >= self.n
                 or identifier in self.launchers):
             return
-        young = time.monotonic() - self._started.get(identifier, 0.0) < YOUNG_DEATH_S
-        deaths = self._young_deaths[identifier] = (
-            self._young_deaths.get(identifier, 0) + 1 if young else 0)
-        if deaths < CRASH_LOOP_DEATHS:
+        young = (launcher not in self._killed
+                 and time.monotonic() - self._started.get(identifier, 0.0) < YOUNG_DEATH_S)
+        registered = REGISTERED_LINE in self.outputs.get(identifier, "")
+        crashes = self._young_deaths[identifier] = (
+            self._young_deaths.get(identifier, 0) + 1 if young and not registered else 0)
+        quick = self._quick_deaths[identifier] = (
+            self._quick_deaths.get(identifier, 0) + 1 if young and registered else 0)
+        if crashes >= CRASH_LOOP_DEATHS:
+            return
+        if quick > CRASH_LOOP_DEATHS:
+            pause = min(REFILL_PAUSE_MAX_S, 2.0 ** (quick - CRASH_LOOP_DEATHS - 1))
+            self.loop.call_later(pause, self._refill, int(identifier))
+        else:
             self._start_slot(int(identifier))
+
+    def _refill(self, index: int) -> None:
+        """Start the engine of slot ``index`` after a pause, unless it is no longer wanted."""
+        if not self._stopping and index < self.n and str(index) not in self.launchers:
+            self._start_slot(index)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -180,6 +218,27 @@ class ScalableLocalEngineSetLauncher(LocalEngineSetLauncher):
             el.signal(signal.SIGTERM)
         await asyncio.gather(*(el.join(timeout=10) for el in doomed))
         self.n = n
+
+    def signal_engine(self, engine: Any, sig: int) -> bool:
+        """Signal the process of ``engine`` (found by its pid among the running slots);
+        after SIGKILL its slot gets a new engine at once (see :meth:`_replace`)."""
+        el = next((el for el in list(self.launchers.values())
+                   if el.pid == engine.pid and el.state == "running"), None)
+        if el is None:
+            return False
+        if sig == signal.SIGKILL:
+            self._killed.add(el)
+        try:
+            el.signal(sig)
+        except Exception:  # it ended meanwhile: nothing left to signal
+            return False
+        return True
+
+    def engine_death(self, engine: Any) -> Death | None:
+        """How the process of ``engine`` ended, once the launcher has seen it exit."""
+        if engine.pid not in self._exits:
+            return None
+        return of_process(self._exits[engine.pid])
 
     def engine_states(self) -> list[dict[str, Any]]:
         states = []

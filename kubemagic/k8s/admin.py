@@ -40,7 +40,7 @@ class JobRow:
 
 
 def job_state(job: dict[str, Any]) -> str:
-    """Deleting, Complete, Failed (with the reason), Suspended, Running or Starting."""
+    """Deleting, Complete, Failed (with the reason), Suspended, Idle, Running or Starting."""
     meta, spec, status = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
     if meta.get("deletionTimestamp"):
         return "Deleting"
@@ -51,6 +51,8 @@ def job_state(job: dict[str, Any]) -> str:
         return f"Failed ({end.reason})" if end.reason else "Failed"
     if spec.get("suspend"):
         return "Suspended"
+    if spec.get("parallelism") == 0:
+        return "Idle"  # scaled to 0 engines; the Job (and its lease) stays
     if (status.get("ready") or 0) > 0:
         return "Running"
     return "Starting"

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,12 @@ from . import incluster
 
 #: Seconds any single API request may take before it is abandoned.
 REQUEST_TIMEOUT = 15
+#: Seconds a change the user asked for (scale, stop) is retried while the API server is
+#: unreachable or restarting, before it fails with a clear error. Managed clusters upgrade
+#: their API servers under running sessions; a restart takes seconds to tens of seconds.
+OUTAGE_SECONDS = 60
+#: Statuses of an API server that is starting, overloaded or behind a restarting proxy.
+_TRANSIENT_STATUS = {0, 429, 500, 502, 503, 504}
 
 
 @dataclass
@@ -126,6 +133,9 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Api:
             fix="run the kernel in a cluster, set KUBECONFIG (or pass kubeconfig=/context=), "
             "or use --backend local",
         ) from None
+    # no silent urllib3 retries (each logs a warning, which a notebook prints): the watch,
+    # the lease and through_outage() retry with backoff themselves, and quietly
+    configuration.retries = 0
     return Api(api_client=ApiClient(configuration), source=source)
 
 
@@ -135,6 +145,40 @@ def namespaced(namespace: str, resource: str, name: str = "", group: str = "") -
     prefix = f"/apis/{group}" if group else "/api/v1"
     path = f"{prefix}/namespaces/{namespace}/{resource}"
     return f"{path}/{name}" if name else path
+
+
+def transient(error: BaseException) -> bool:
+    """Whether a failed request may succeed if repeated: no connection, or a server that
+    says it cannot answer yet."""
+    if isinstance(error, ApiException):
+        return (error.status or 0) in _TRANSIENT_STATUS
+    return isinstance(error, (urllib3.exceptions.HTTPError, OSError))
+
+
+def through_outage(call: Callable[[], Any], what: str, seconds: float = OUTAGE_SECONDS) -> Any:
+    """``call()``, repeated with backoff while it fails transiently, for up to ``seconds``;
+    then one :class:`StartupError` saying ``what`` was not done."""
+    deadline = time.monotonic() + seconds
+    delay = 0.25
+    outage = False
+    while True:
+        try:
+            return call()
+        except Exception as e:
+            # a restarted API server answers 403 until its authorizer has read the RBAC
+            # objects again: after an outage, a denial is retried too
+            denied_after_outage = outage and getattr(e, "status", None) == 403
+            if not (transient(e) or denied_after_outage):
+                raise
+            outage = True
+            if time.monotonic() + delay > deadline:
+                raise StartupError(
+                    f"the Kubernetes API did not answer for {seconds:.0f} s, so {what} was "
+                    f"not done (last error: {type(e).__name__}: {str(e)[:200]})",
+                    fix="check that the cluster's API server is up, then try again",
+                ) from None
+        time.sleep(delay)
+        delay = min(delay * 2, 4.0)
 
 
 def api_message(error: ApiException) -> str:

@@ -14,6 +14,15 @@ fails the Job on it), and SIGTERM unregisters from the hub, then exits
 counting a failure). The reason, with the last log lines, goes to the pod's termination
 message, so it survives the pod for diagnostics.
 
+SIGTERM while a chunk runs drains instead of exiting at once, so an evicted or drained pod
+loses no finished work and makes nothing run twice: the running item finishes, the chunk
+returns its results and hands the rest back (:func:`kubemagic.remote.hand_back_from_now`;
+the kernel queues those items for other engines), a chunk that arrives later hands back
+all its items, and once no task has run for :data:`LEAVE_SETTLE_S` the engine unregisters
+and exits. An item still running near the end of the pod's grace period
+(:data:`~kubemagic.k8s.manifests.GRACE_ENV`) is given up: the engine leaves anyway, and
+the kernel re-runs that chunk as for a lost pod.
+
 It also makes the engine reachable for signals without ``pods/exec`` (see :mod:`.relay`):
 its zmq identity is its pod name, and it answers ``signal_request`` itself; and it says
 when it has registered (:data:`~kubemagic.k8s.manifests.REGISTERED_MARK`), so a crash
@@ -23,19 +32,39 @@ before that is known as a crash at start-up.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import signal
 import sys
-from typing import Any
+import threading
+import time
+from typing import Any, Callable, NoReturn
 
 from ipyparallel.engine.app import IPEngine
 from ipyparallel.error import wrap_exception
+from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Float, default
 
-from .manifests import EXIT_CONTROLLER_GONE, EXIT_TERMINATED, POD_NAME_ENV, REGISTERED_MARK
+from .. import remote
+from .manifests import (
+    EXIT_CONTROLLER_GONE,
+    EXIT_TERMINATED,
+    GRACE_ENV,
+    POD_NAME_ENV,
+    REGISTERED_MARK,
+)
 
 TERMINATION_LOG = "/dev/termination-log"
+#: A leaving engine exits once no task has run for this long: zmq has sent its last reply
+#: by then (the kernel must have it before the engine unregisters, or it would count the
+#: chunk as lost), and a chunk that was already on its way has arrived and been handed back.
+LEAVE_SETTLE_S = 0.5
+#: It exits this long before its grace period ends even with an item still running (at most
+#: a quarter of the period), so it can unregister before the kubelet's SIGKILL.
+LEAVE_MARGIN_S = 2.0
+#: The grace period assumed when the pod does not say (Kubernetes' own default).
+DEFAULT_GRACE_S = 30.0
 
 
 class _RecentLines(logging.Handler):
@@ -78,10 +107,23 @@ class KubernetesEngine(IPEngine):
         launcher addresses signal requests to it. Outside a pod, ipengine's random id."""
         return os.environ.get(POD_NAME_ENV) or self.session.session
 
+    #: tasks running now (0 or 1: the engine runs one at a time)
+    _tasks = 0
+    #: when the last task ended (monotonic seconds)
+    _last_task_end = 0.0
+    #: when SIGTERM arrived while busy (monotonic seconds), else None
+    _leaving_since: float | None = None
+    #: the loop's check for the moment to leave (kept: a callback nobody holds may go)
+    _leave_watch: PeriodicCallback | None = None
+    #: one exit: the grace timer's thread and the main thread may both try
+    _exit_lock = threading.RLock()
+
     async def complete_registration(self, msg: Any, connect: Any, maybe_tunnel: Any) -> None:
         await super().complete_registration(msg, connect, maybe_tunnel)
         if not self.enable_nanny:  # the nanny answers signal requests itself
             self.kernel.control_handlers["signal_request"] = self._signal_request
+        handlers = self.kernel.shell_handlers
+        handlers["apply_request"] = functools.partial(self._counted, handlers["apply_request"])
         # into the container's log, whatever the log level: the launcher tells crashes at
         # start-up from later ones by it
         os.write(self._container_stdout, f"{REGISTERED_MARK} as id {self.id}\n".encode())
@@ -130,16 +172,70 @@ class KubernetesEngine(IPEngine):
                 unregister=False,
             )
 
-    def _signal_stop(self, sig: int, frame: Any) -> None:
-        """SIGTERM: tell the hub we are leaving, so it drops us now, then exit."""
-        self._leave(EXIT_TERMINATED, f"received signal {sig}: pod terminating", unregister=True)
+    def _counted(self, handler: Callable[..., None], stream: Any, ident: Any,
+                 parent: dict[str, Any]) -> None:
+        """Run one task (``apply_request``: a chunk, a push), counted, so that SIGTERM
+        knows whether work is running and a leaving engine knows when it has ended. The
+        handler has queued the reply when it returns."""
+        self._tasks += 1
+        try:
+            handler(stream, ident, parent)
+        finally:
+            self._tasks -= 1
+            self._last_task_end = time.monotonic()
 
-    def _leave(self, code: int, reason: str, *, unregister: bool) -> None:
+    def _signal_stop(self, sig: int, frame: Any) -> None:
+        """SIGTERM. Idle: tell the hub we are leaving, so it drops us now, then exit.
+        Busy: finish the running item and hand the rest back first (see the module
+        docstring). Busy includes the moment between two chunks of a map (a task ended
+        less than LEAVE_SETTLE_S ago), when the next chunk may already be on its way and
+        would be lost. A second SIGTERM changes nothing."""
+        if self._leaving_since is not None:
+            return
+        if not self._tasks and time.monotonic() - self._last_task_end >= LEAVE_SETTLE_S:
+            self._leave(EXIT_TERMINATED, f"received signal {sig}: pod terminating",
+                        unregister=True)
+        self._leaving_since = since = time.monotonic()
+        remote.hand_back_from_now()
+        grace = _grace_seconds()
+        budget = grace - min(LEAVE_MARGIN_S, grace / 4)
+        self.log.warning("received signal %d while busy: finishing the running item, "
+                         "handing the rest back, leaving within %.1f s", sig, budget)
+        # the main thread runs the task; the loop checks once it is back (this call is
+        # safe in a signal handler)
+        self.loop.asyncio_loop.call_soon_threadsafe(self._watch_leaving, since)
+        timer = threading.Timer(budget, self._leave_late, args=(grace,))
+        timer.daemon = True
+        timer.start()
+
+    def _watch_leaving(self, since: float) -> None:
+        self._leave_watch = PeriodicCallback(functools.partial(self._leave_when_idle, since), 50)
+        self._leave_watch.start()
+
+    def _leave_when_idle(self, since: float) -> None:
+        """On the loop, after SIGTERM: leave once no task has run for LEAVE_SETTLE_S."""
+        if self._tasks or time.monotonic() - self._last_task_end < LEAVE_SETTLE_S:
+            return
+        self._leave(EXIT_TERMINATED,
+                    f"pod terminating: handed back {remote.handed_back_items()} item(s) not "
+                    f"yet run, left {time.monotonic() - since:.1f} s after the signal",
+                    unregister=True)
+
+    def _leave_late(self, grace: float) -> None:
+        """Timer thread: an item is still running near the end of the grace period. Leave
+        before the kubelet's SIGKILL; the kernel re-runs the chunk as for a lost pod."""
+        self._leave(EXIT_TERMINATED,
+                    f"pod terminating: an item still ran near the end of the {grace:.0f} s "
+                    "grace period; its chunk is lost and runs again on another engine",
+                    unregister=True)
+
+    def _leave(self, code: int, reason: str, *, unregister: bool) -> NoReturn:
         """Log why, record the termination message, optionally unregister, exit at once.
 
         ``os._exit``: the engine may be mid-task, and zmq sockets with unsent messages to
         a dead controller would block a normal interpreter exit forever.
         """
+        self._exit_lock.acquire()  # never released: whoever holds it exits the process
         self.log.critical("%s; exiting with code %d", reason, code)
         if unregister and getattr(self, "registrar", None) is not None and self.id is not None:
             self._unregister()
@@ -161,6 +257,14 @@ class KubernetesEngine(IPEngine):
             tracker.wait(1.0)
         except Exception as e:  # best effort: the hub falls back to missed heartbeats
             self.log.warning("could not unregister: %r", e)
+
+
+def _grace_seconds() -> float:
+    """The pod's grace period between SIGTERM and SIGKILL, as its manifest says."""
+    try:
+        return max(0.0, float(os.environ.get(GRACE_ENV, DEFAULT_GRACE_S)))
+    except ValueError:
+        return DEFAULT_GRACE_S
 
 
 def _write_termination_message(reason: str, recent: list[str]) -> None:

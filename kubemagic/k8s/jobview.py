@@ -20,7 +20,9 @@ from typing import Any, Callable
 from . import manifests, queries
 from .client import Api, api_call, namespaced
 from .diagnose import explain, refusal
-from .podstate import PodState, crash, crash_loop_size, job_end, pod_state, slot_states
+from ..deaths import Death, of_container
+from .podstate import (PodState, crash, crash_loop_size, job_end, pod_state, slot_states,
+                       termination)
 from .watch import JobMirror
 
 #: At most this many pods are asked for events/logs by :meth:`diagnose` (it must stay fast
@@ -213,6 +215,18 @@ class JobObserver:
         if self._mirror is None:
             return []
         return [s.as_dict() for s in slot_states(self._mirror.pods(), self.n)]
+
+    def engine_death(self, engine: Any) -> Death | None:
+        """What ``engine``'s pod (its identity with the controller is the pod's name) ended
+        with, from the watch mirror (no I/O): ``OOMKilled`` with the memory limit, or the
+        exit code. None while the mirror has not seen its container end."""
+        if self._mirror is None or not engine.ident:
+            return None
+        for pod in self._mirror.pods_with_history():
+            if pod["metadata"]["name"] == engine.ident:
+                ended = termination(pod)
+                return None if ended is None else of_container(*ended)
+        return None
 
     async def diagnose(self) -> str:
         """Explain what keeps engines from connecting (see :func:`.diagnose.explain`)."""

@@ -9,8 +9,9 @@ ipyparallel works too::
 Slot ``i`` is completion index ``i``; its engine sees it as ``$KUBEMAGIC_ENGINE_INDEX``.
 Scaling patches ``parallelism`` and ``completions`` together (scaling down removes the
 highest indices). The engine connection info (HMAC key, CurveZMQ server key) lives only
-in a Secret owned by the Job. This module is the only one that creates, changes or
-deletes engine objects in the cluster; building them is :mod:`.manifests`' job.
+in a Secret owned by the Job. Only this module creates, changes or deletes engine
+objects in the cluster (and its :mod:`.engine_control` mixin, which deletes the pod of a
+stuck engine); building them is :mod:`.manifests`' job.
 
 Every API call is blocking (the official client) and runs in a worker thread, so the
 event loop driving the launcher never stalls on the network.
@@ -25,8 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import signal as signals
 import time
 from typing import Any
@@ -41,8 +40,11 @@ from ipyparallel.cluster.launcher import (
 from ..backends.options import layer_values
 from ..errors import SessionError, UsageError
 from . import incluster, manifests, relay
-from .client import Api, api_call, connect, is_not_found, namespaced
+from .client import Api, api_call, connect, is_not_found, namespaced, through_outage
+from .connection import engine_connection
+from .engine_control import EngineControl
 from .jobview import JobObserver
+from .lease import Lease, seconds_since
 from .launcher_config import LauncherConfig
 from .options import KubernetesOptions
 from .podstate import job_end, pod_state
@@ -52,16 +54,18 @@ _MERGE_PATCH = "application/merge-patch+json"
 _SIGNAL_TIMEOUT = 5.0
 
 
-class KubernetesEngineSetLauncher(JobObserver, LauncherConfig, EngineLauncher):
+class KubernetesEngineSetLauncher(JobObserver, EngineControl, LauncherConfig, EngineLauncher):
     """Launch ``n`` ipyparallel engines as an Indexed Kubernetes Job, and resize it.
 
-    Its configuration (one trait per engine option, see :mod:`.launcher_config`) and what
-    it observes of the Job (:mod:`.jobview`) live in its base classes.
+    Its configuration (one trait per engine option, see :mod:`.launcher_config`), what
+    it observes of the Job (:mod:`.jobview`) and its control of single engines
+    (:mod:`.engine_control`) live in its base classes.
     """
 
     entrypoint_name = "kubernetes"
 
     _api: Api | None = None
+    _lease: Lease | None = None
 
     def find_args(self) -> list[str]:
         return list(self.engine_cmd) + list(self.engine_args)
@@ -91,47 +95,17 @@ class KubernetesEngineSetLauncher(JobObserver, LauncherConfig, EngineLauncher):
             raise UsageError(f"cannot start {n} engines", fix="start at least one engine")
         _ = self.loop  # bind notify_stop's loop now, on the caller's thread, not a watch thread
         options = self.options()
-        connection = await asyncio.to_thread(self._connection_info)
+        connection, self.controller_url = await asyncio.to_thread(
+            engine_connection, self.environment, self.connection_files.get("engine", ""))
         self.n = n
         self.job_name = manifests.job_name(self.cluster_id, self.engine_set_id)
+        created = time.monotonic()
         await asyncio.to_thread(self._create, options, connection)
+        self._renew(options, created)
         if self.startup_crash_window > 0:
             self._started = time.monotonic()
         self._watch()
         return self.notify_start({"job": self.job_name, "namespace": self.namespace})
-
-    def _connection_info(self) -> str:
-        """The controller's engine connection info (JSON), checked to be reachable from pods.
-
-        ``ipp.Cluster`` passes it as ``$IPP_CONNECTION_INFO`` in :attr:`environment`;
-        otherwise it is read from the controller's engine connection file.
-        """
-        text = self.environment.get("IPP_CONNECTION_INFO")
-        if not text:
-            path = self.connection_files["engine"]
-            deadline = time.monotonic() + 30
-            while not os.path.exists(path) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            try:
-                with open(path) as f:
-                    text = f.read()
-            except OSError as e:
-                raise LauncherError(f"no controller connection file {path}: {e}") from None
-        info = json.loads(text)
-        interface = info.get("interface", "")
-        host = interface.partition("://")[2]
-        location = info.get("location") or ""
-        target = location if host in ("0.0.0.0", "*") else host
-        if incluster.is_loopback(target):
-            raise UsageError(
-                f"the controller is only reachable at {target or interface} (loopback), "
-                "which engine pods cannot reach",
-                fix="start the controller on all interfaces with an address pods can reach: "
-                "ipp.Cluster(controller_ip='0.0.0.0', controller_location='<kernel address>') "
-                "— kubemagic does this for you (--controller-address to override)",
-            )
-        self.controller_url = f"tcp://{target}:{info.get('registration')}"
-        return text
 
     def _pod_env(self) -> dict[str, str]:
         """Environment of the engine containers, without what must not be a literal.
@@ -186,7 +160,6 @@ class KubernetesEngineSetLauncher(JobObserver, LauncherConfig, EngineLauncher):
             secret_name=self.job_name,
             env=self._pod_env(),
             backoff_limit_per_index=self.backoff_limit_per_index,
-            termination_grace_period_seconds=self.termination_grace_period_seconds,
             owner=owner,
             **layer_values(options, "manifest"),
         )
@@ -221,6 +194,14 @@ class KubernetesEngineSetLauncher(JobObserver, LauncherConfig, EngineLauncher):
                 self._delete_objects(wait=False)
             raise
 
+    def _renew(self, options: KubernetesOptions, started: float) -> None:
+        """Keep the Job's lease (:mod:`.lease`) while this launcher lives."""
+        self._lease = Lease(
+            lambda body: self.api.request("PATCH", self._jobs(self.job_name), body=body,
+                                          content_type=_MERGE_PATCH),
+            options.lease_seconds, options.active_deadline_seconds, started, is_not_found)
+        self._lease.start(self.job_name)
+
     def _jobs(self, name: str = "") -> str:
         return namespaced(self.namespace, "jobs", name, group="batch/v1")
 
@@ -246,6 +227,8 @@ class KubernetesEngineSetLauncher(JobObserver, LauncherConfig, EngineLauncher):
         finally:
             if self._mirror is not None:
                 self._mirror.stop()
+            if self._lease is not None:
+                self._lease.stop()
         data = {"exit_code": 0, "reason": "stopped", "identifier": self.job_name}
         self.notify_stop(data)
         return data
@@ -261,7 +244,8 @@ class KubernetesEngineSetLauncher(JobObserver, LauncherConfig, EngineLauncher):
         ):
             try:
                 with api_call("delete", resource, ns):
-                    self.api.request("DELETE", path, query=query)
+                    through_outage(lambda p=path, q=query: self.api.request("DELETE", p, query=q),
+                                   f"deleting the engines' {resource}")
             except Exception as e:
                 if not is_not_found(e):
                     raise
@@ -358,13 +342,15 @@ class KubernetesEngineSetLauncher(JobObserver, LauncherConfig, EngineLauncher):
             raise NotRunning(f"engine Job {self.job_name} has finished: {end.reason}")
         _ = self.loop  # as in start(): bind the loop on this thread
         self._watch()
+        started = (job.get("status") or {}).get("startTime") or job["metadata"]["creationTimestamp"]
+        self._renew(self.options(), time.monotonic() - seconds_since(started))
         return self
 
     # -- kubemagic's ScalableEngineLauncher protocol -------------------------------------
 
     async def scale(self, n: int) -> None:
         """Resize to slots ``0..n-1``: new indices get pods, indices ``>= n`` are deleted by
-        the Job controller. ``0`` suspends the Job (no pods, Job kept)."""
+        the Job controller. ``0`` keeps the Job with no pods (its lease runs on)."""
         if n < 0:
             raise UsageError(f"cannot scale to {n} engines", fix="give a number >= 0")
         if self.state != "running":
@@ -375,11 +361,11 @@ class KubernetesEngineSetLauncher(JobObserver, LauncherConfig, EngineLauncher):
         try:
             with api_call("patch", "jobs.batch", self.namespace):
                 await asyncio.to_thread(
-                    self.api.request,
-                    "PATCH",
-                    self._jobs(self.job_name),
-                    body=manifests.scale_patch(n),
-                    content_type=_MERGE_PATCH,
+                    through_outage,
+                    lambda: self.api.request("PATCH", self._jobs(self.job_name),
+                                             body=manifests.scale_patch(n),
+                                             content_type=_MERGE_PATCH),
+                    f"scaling to {n} engines",
                 )
         except Exception as e:
             if is_not_found(e):

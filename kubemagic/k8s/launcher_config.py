@@ -65,9 +65,6 @@ class LauncherConfig(_OptionTraits):  # type: ignore[misc,valid-type]
         "crash loop: when half the slots' worth of engine pods (at least 2) do, the engine "
         "set stops and its Job is deleted, instead of being retried for minutes (0: never).",
     )
-    termination_grace_period_seconds = Integer(
-        5, config=True, help="Seconds an engine pod gets between SIGTERM and SIGKILL."
-    )
     owner_reference_to_kernel_pod = Bool(
         True,
         config=True,

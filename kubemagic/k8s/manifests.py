@@ -2,9 +2,8 @@
 
 No I/O here, so every policy decision (labels, failure policy, security context, what
 the engine pods may and may not carry) is visible in one place and unit-tested without a
-cluster. :mod:`kubemagic.k8s.launcher` applies these objects. The Role stays here beside
-the engine objects because its rules are the backend's contract (checked at start-up,
-by ``kubemagic doctor`` and by the tests); the objects only an admin applies around it
+cluster. :mod:`kubemagic.k8s.launcher` applies these objects. The Role, the backend's
+contract, is in :mod:`kubemagic.k8s.role`; the objects only an admin applies around it
 (ServiceAccount, RoleBinding, NetworkPolicy) are built in :mod:`kubemagic.k8s.rbac`, and
 ``kubemagic doctor``'s test Job in :mod:`kubemagic.k8s.probe`.
 """
@@ -16,6 +15,8 @@ import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from .lease import first_deadline
 
 #: Engine exit code meaning "the controller is gone" (heartbeats stopped, or registration
 #: timed out). The Job's podFailurePolicy fails the whole Job on it, so engines of a dead
@@ -35,6 +36,8 @@ ENGINE_CONTAINER = "engine"
 SECRET_KEY = "IPP_CONNECTION_INFO"
 INDEX_ENV = "KUBEMAGIC_ENGINE_INDEX"
 POD_NAME_ENV = "KUBEMAGIC_POD_NAME"
+#: The pod's grace period, for the engine, which leaves before it ends (:mod:`.engine`).
+GRACE_ENV = "KUBEMAGIC_GRACE_SECONDS"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 
@@ -51,29 +54,6 @@ ENGINE_POD_SELECTOR = {LABEL_NAME: "kubemagic", LABEL_COMPONENT: "engine"}
 #: JupyterHub (z2jh) labels of singleuser pods: the pods where kernels, and so controllers,
 #: run. Engines must never carry them — they would inherit the singleuser NetworkPolicy.
 SINGLEUSER_POD_LABELS = {"component": "singleuser-server"}
-
-#: Exactly the API calls the backend makes, in one namespace. ``kubemagic rbac`` prints
-#: these; ``tests/k8s`` runs the backend under them. Secrets get no get/list: the engine
-#: Secret is only ever written, and the service account cannot read other Secrets.
-ROLE_RULES: list[dict[str, Any]] = [
-    {
-        "apiGroups": ["batch"],
-        "resources": ["jobs"],
-        "verbs": ["create", "get", "list", "watch", "patch", "delete"],
-    },
-    # delete: KubernetesEngineSetLauncher.signal(SIGKILL) removes engine pods without grace
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
-    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch", "delete"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
-]
-
-#: Read-only rules only ``kubemagic doctor`` uses (to name the NetworkPolicy that blocks
-#: engines); part of the Role ``kubemagic rbac`` prints, but the backend never needs them,
-#: so sessions do not check for them.
-DIAGNOSTIC_RULES: list[dict[str, Any]] = [
-    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["list"]},
-]
 
 #: IPython needs a writable profile dir, and the image's $HOME may not belong to the
 #: engines' user (``run_as_user``). Users' ``env`` overrides it.
@@ -150,12 +130,15 @@ def scale_patch(n: int) -> dict[str, Any]:
     """Merge patch resizing an Indexed Job to slots 0..n-1.
 
     Elastic Indexed Jobs require ``parallelism`` and ``completions`` to change together;
-    scaling down removes the highest indices. ``n == 0`` suspends the Job instead (zero
-    completions would make it complete — and ``ttlSecondsAfterFinished`` delete it).
+    scaling down removes the highest indices. ``n == 0`` sets only ``parallelism`` to 0
+    (zero completions would make the Job complete — and ``ttlSecondsAfterFinished`` delete
+    it). Not ``suspend``: a suspended Job's ``activeDeadlineSeconds`` clock stops, and that
+    clock is the session's lease (:mod:`.lease`), which must run in every state.
     """
     if n == 0:
-        return {"spec": {"suspend": True}}
+        return {"spec": {"parallelism": 0}}
     return {"spec": {"suspend": False, "parallelism": n, "completions": n}}
+
 
 
 def engine_job(
@@ -179,17 +162,21 @@ def engine_job(
     run_as_user: int | None = 1000,
     active_deadline_seconds: int | None = None,
     backoff_limit_per_index: int = 100,
-    termination_grace_period_seconds: int = 5,
+    termination_grace_period_seconds: int = 30,
     owner: Mapping[str, Any] | None = None,
     pod_overrides: Mapping[str, Any] | None = None,
     spread: bool = True,
     node_loss_seconds: int = 10,
+    lease_seconds: int = 0,
 ) -> dict[str, Any]:
     """The engines' Indexed Job: slot ``i`` is completion index ``i``.
 
     Pods prefer distinct nodes (``spread``), and tolerate a node that is not ready or
     unreachable for ``node_loss_seconds`` instead of Kubernetes' 300 s, so the engines of a
     lost node are replaced on the others within seconds.
+
+    After SIGTERM an engine has ``termination_grace_period_seconds`` (also in its
+    :data:`GRACE_ENV`) to finish its item and hand the rest back (:mod:`.engine`).
 
     Failure policy, in rule order:
 
@@ -260,6 +247,10 @@ def engine_job(
     if "metadata" in overrides:
         template["metadata"] = deep_merge(template["metadata"], overrides.pop("metadata"))
     template["spec"] = deep_merge(pod_spec, overrides)
+    grace = str(template["spec"].get("terminationGracePeriodSeconds"))  # after overrides
+    for c in template["spec"]["containers"]:
+        if c.get("name") == ENGINE_CONTAINER:
+            c.setdefault("env", []).append({"name": GRACE_ENV, "value": grace})
 
     metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
     if owner:
@@ -300,15 +291,16 @@ def engine_job(
         },
         "template": template,
     }
-    if active_deadline_seconds:
-        spec["activeDeadlineSeconds"] = active_deadline_seconds
+    deadline = first_deadline(lease_seconds, active_deadline_seconds)
+    if deadline:
+        spec["activeDeadlineSeconds"] = deadline
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
 
 
 def _engine_env(secret_name: str, env: Mapping[str, str]) -> list[dict[str, Any]]:
     """Engine env: the connection info by reference (never a literal), the slot index from
     the completion-index annotation, then the user's variables."""
-    reserved = {SECRET_KEY, INDEX_ENV, POD_NAME_ENV}
+    reserved = {SECRET_KEY, INDEX_ENV, POD_NAME_ENV, GRACE_ENV}
     clash = reserved & set(env)
     if clash:
         raise ValueError(f"env must not set {', '.join(sorted(clash))}: kubemagic sets it")
@@ -380,13 +372,3 @@ def _named_list(value: Any) -> bool:
         and bool(value)
         and all(isinstance(i, Mapping) and "name" in i for i in value)
     )
-
-
-def role(name: str, namespace: str) -> dict[str, Any]:
-    """The least-privilege Role: :data:`ROLE_RULES` in one namespace."""
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": name, "namespace": namespace},
-        "rules": copy.deepcopy(ROLE_RULES + DIAGNOSTIC_RULES),
-    }

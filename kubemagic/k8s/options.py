@@ -25,7 +25,7 @@ from typing import Any
 
 from ..backends.options import option, parse_key_values, parse_options_of, whole_number
 from ..errors import UsageError, as_flags
-from .manifests import INDEX_ENV, POD_NAME_ENV, SECRET_KEY
+from .manifests import GRACE_ENV, INDEX_ENV, POD_NAME_ENV, SECRET_KEY
 from .quantities import cpu_quantity, gpu_count, memory_quantity
 
 #: Controller ports bound on all interfaces, so a NetworkPolicy can allow exactly these.
@@ -36,9 +36,9 @@ DEFAULT_PORT_RANGE = "29100-29199"
 MIN_CONTROLLER_PORTS = 20
 
 #: Variables the engine container gets from kubemagic itself (manifests.py sets the first
-#: three; the launcher drops IPP_PROFILE_DIR, a path on the kernel's machine): a user --env
+#: four; the launcher drops IPP_PROFILE_DIR, a path on the kernel's machine): a user --env
 #: of the same name would silently break registration or slots.
-RESERVED_ENV = frozenset({SECRET_KEY, INDEX_ENV, POD_NAME_ENV, "IPP_PROFILE_DIR"})
+RESERVED_ENV = frozenset({SECRET_KEY, INDEX_ENV, POD_NAME_ENV, GRACE_ENV, "IPP_PROFILE_DIR"})
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -281,6 +281,13 @@ class KubernetesOptions:
                       "--active-deadline-seconds 3600"),
         metavar="S",
         layer="manifest", help="fail the engine Job after S seconds")
+    lease_seconds: int = option(
+        parse=partial(whole_number, name="--lease-seconds", minimum=0,
+                      fix="give whole seconds, e.g. --lease-seconds 120 (0: no lease)"),
+        metavar="S", layer="manifest", default=120,
+        help="the engine Job expires S seconds after the kernel last renewed it, so a "
+        "dead kernel's Job, pods and Secret are removed whatever their state (default "
+        "120; 0: no lease)")
     spread: bool = option(
         parse=partial(_bool, "spread"), layer="manifest", default=True,
         help="prefer spreading engine pods over nodes, so one lost node does not take the "
@@ -291,6 +298,17 @@ class KubernetesOptions:
         metavar="S", layer="manifest", default=10,
         help="replace engines of a node that is not ready or unreachable after S seconds "
         "(Kubernetes' default is 300)")
+    # 30 s, Kubernetes' own default, which evictions and `kubectl drain` honour: room for
+    # the running item of a busy engine to finish before it hands the rest of its work back
+    # (map items usually take far less). An idle engine still exits at once, so stopping
+    # and scaling down do not wait for it; an item that outlives it is lost with its chunk
+    # and re-run, as for a lost pod.
+    termination_grace_period_seconds: int = option(
+        parse=partial(whole_number, name="--termination-grace-period-seconds", minimum=1,
+                      fix="give whole seconds, e.g. --termination-grace-period-seconds 30"),
+        metavar="S", layer="manifest", default=30,
+        help="seconds an engine pod gets between SIGTERM (deleted, evicted, drained) and "
+        "SIGKILL to finish its running item and hand the rest back (default 30)")
     controller_address: str | None = option(
         parse=_address, metavar="ADDR", layer="session",
         help="address engines use to reach the controller (default: detected)")

@@ -3,7 +3,7 @@
 Without this a missing permission surfaces halfway — a Secret created, then a 403 on
 the Job, or a watch that silently never sees a pod. A SelfSubjectRulesReview (allowed
 for every authenticated user) lists what we may do in the namespace; comparing it with
-:data:`~kubemagic.k8s.manifests.ROLE_RULES` names *all* missing permissions at once.
+:data:`~kubemagic.k8s.role.ROLE_RULES` names *all* missing permissions at once.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .client import Api, api_call, permission_denied
-from .manifests import ROLE_RULES
+from .role import ROLE_RULES
 
 
 def needed_permissions(rules: Iterable[dict[str, Any]] = ROLE_RULES) -> list[tuple[str, str, str]]:

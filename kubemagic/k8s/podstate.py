@@ -112,6 +112,20 @@ def pod_state(pod: Mapping[str, Any]) -> PodState:
     return PodState(phase=phase, reason=status.get("reason") or "", **base)
 
 
+def termination(pod: Mapping[str, Any]) -> tuple[str, int | None, str] | None:
+    """How the pod's engine container ended: the kubelet's reason (``OOMKilled``,
+    ``Error``), the exit code and the container's memory limit ("" when none); None while
+    it has not ended."""
+    container = _engine_status(pod.get("status") or {})
+    ended = (container.get("state") or {}).get("terminated")
+    if not ended:
+        return None
+    spec = next((c for c in (pod.get("spec") or {}).get("containers") or []
+                 if c.get("name") == ENGINE_CONTAINER), {})
+    limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory") or ""
+    return ended.get("reason") or "", ended.get("exitCode"), str(limit)
+
+
 def slot_states(pods: Iterable[Mapping[str, Any]], n: int) -> list[PodState]:
     """One state per slot ``0..n-1``: the slot's newest pod, or "NotCreated".
 

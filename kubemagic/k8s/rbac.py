@@ -1,7 +1,7 @@
 """``kubemagic rbac``: the least-privilege RBAC (and NetworkPolicy) the backend needs, as YAML.
 
 An admin pipes it into ``kubectl apply -f -`` once per namespace. The Role holds exactly
-:data:`~kubemagic.k8s.manifests.ROLE_RULES` — the calls the backend makes, nothing more —
+:data:`~kubemagic.k8s.role.ROLE_RULES` — the calls the backend makes, nothing more —
 so "kubemagic needs cluster-admin" is never the answer to a 403. The objects around the
 Role — ServiceAccount, RoleBinding, NetworkPolicy — are built here (pure dicts): only an
 admin ever applies them, kubemagic itself never creates them.
@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from . import manifests
 from .manifests import ENGINE_POD_SELECTOR, LABEL_MANAGED_BY, LABEL_NAME, SINGLEUSER_POD_LABELS
 from .options import DEFAULT_PORT_RANGE, parse_port_range
+from .role import role
 
 
 def render_rbac(
@@ -39,7 +39,7 @@ def render_rbac(
     docs = []
     if sa_namespace == namespace:
         docs.append(service_account_manifest(service_account, namespace))
-    docs.append(manifests.role("kubemagic", namespace))
+    docs.append(role("kubemagic", namespace))
     docs.append(role_binding("kubemagic", namespace, service_account, sa_namespace))
     if network_policy:
         docs.append(engines_network_policy(namespace, parse_port_range(port_range)))
@@ -134,7 +134,7 @@ def role_binding(
     service_account_name: str,
     service_account_namespace: str | None = None,
 ) -> dict[str, Any]:
-    """Binds :func:`.manifests.role` ``name`` to the service account, which may live in
+    """Binds :func:`.role.role` ``name`` to the service account, which may live in
     another namespace (a kernel in one namespace starting engines in another)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",

@@ -7,6 +7,10 @@ Loaded by tests/conftest.py (``pytest_plugins = ["tests.cluster.fixture"]``).
   (outside any per-test timeout; its output is shown live). It returns in seconds when the
   cluster is already healthy and rebuilds the engine image when ``kubemagic/`` changed. If the
   cluster cannot come up, every test that needs it fails with the harness logs: it never skips.
+* ``second_node`` (module scope) adds the extra node ``kubemagic-node2`` (tests/cluster/node) for
+  the test module and removes it at its end, so the rest of the suite runs on one node; returns an
+  :class:`tests.cluster.nodes.ExtraNode`. The helpers to stop, start and restart things are in
+  tests/cluster/nodes.py.
 * Every test under tests/cluster, and every test that uses ``k8s_cluster``, gets the ``cluster``
   marker (``-m "not cluster"`` deselects them).
 """
@@ -14,6 +18,7 @@ Loaded by tests/conftest.py (``pytest_plugins = ["tests.cluster.fixture"]``).
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import re
 import signal
@@ -26,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.cluster.nodes import SECOND_NODE, add_node, remove_node
 
 HARNESS = Path(__file__).resolve().parent
 REPO = HARNESS.parent.parent
@@ -277,3 +284,20 @@ def k8s_cluster(request, tmp_path_factory):
     yield cluster
     cluster._cleanup()
     api.close()
+
+
+@pytest.fixture(scope="module")
+def second_node(k8s_cluster):
+    """The extra node kubemagic-node2, Ready, for this test module; removed at its end.
+
+    Sessions running at the same time share the cluster: each holds a shared lock while it uses
+    the node, and only the last one to finish removes it (the others' tests keep their node)."""
+    with open(STATE / f"{SECOND_NODE}.users.lock", "w") as users:
+        fcntl.flock(users, fcntl.LOCK_SH)
+        yield add_node(SECOND_NODE)
+        try:
+            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{SECOND_NODE} is still used by another test session; leaving it", file=sys.stderr)
+        else:
+            remove_node(SECOND_NODE)

@@ -35,6 +35,14 @@ PAUSE_REF=docker.io/library/kubemagic-pause:1
 IPT_COMMENT=kubemagic-cluster
 
 CONTAINERD_SOCK=$RUN/containerd/containerd.sock
+CMDS=$STATE/cmd            # each component's command line, NUL-separated (tests/cluster/restart)
+
+# Extra nodes (tests/cluster/node): node K (2..254) is 10.88.255.K on the bridge, its pods get
+# 10.89.K.0/24; node 1's pods never get 10.88.255.x. POD_NET covers the pods of every node.
+NODES=$STATE/nodes
+POD_NET=10.88.0.0/15
+NODE1_RANGE_END=10.88.254.254
+NODE_CGROUP=kubemagic-nodes  # cgroupRoot of extra node NAME: /kubemagic-nodes/NAME
 
 # Go: caches under the one cache dir, pinned toolchain.
 export PATH=$PATH:/usr/local/go/bin
@@ -58,6 +66,67 @@ die() { log "ERROR: $*"; exit 1; }
 
 # hash of files/strings given on stdin
 hash_stdin() { sha256sum | cut -c1-16; }
+
+# alive = some thread of it still runs. Not alive: gone, or a zombie (our daemons are reaped by
+# init, which may take a while) whose threads have all exited: when a multi-threaded process is
+# SIGKILLed its main thread may be a zombie while the others still exit, holding its files and
+# ports (a restarted etcd then found its port in use).
+alive() {
+  kill -0 "$1" 2>/dev/null || return 1
+  [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ] && return 0
+  [ "$(find "/proc/$1/task" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)" -gt 1 ]
+}
+pid_alive() { local p; p=$(cat "$PIDS/$1.pid" 2>/dev/null) && [ -n "$p" ] && alive "$p"; }
+
+# One script at a time changes the cluster: up, down, node and restart hold $STATE.lock (fd 9)
+# while they run. The scripts they call (down --stale from up; node from up and down) see
+# KUBEMAGIC_CLUSTER_LOCKED=1 and do not wait for the lock their caller holds.
+cluster_lock() {
+  [ "${KUBEMAGIC_CLUSTER_LOCKED:-}" = 1 ] && return 0
+  mkdir -p "$(dirname "$STATE")"
+  exec 9>"$STATE.lock"
+  flock -n 9 || { log "waiting for another tests/cluster/up, down, node or restart to finish"; flock 9; }
+  export KUBEMAGIC_CLUSTER_LOCKED=1
+}
+
+# Starts a component detached in its own session (pid file and log under $STATE) and records its
+# command line in $CMDS/NAME, so tests/cluster/restart can start it again exactly as it was.
+start() {  # name command...
+  local name=$1; shift
+  mkdir -p "$CMDS" "$LOGS" "$PIDS"
+  printf '%s\0' "$@" > "$CMDS/$name"
+  : > "$LOGS/$name.log"
+  launch "$name" "$@"
+}
+launch() {  # name command... ; like start, but appends to the log and records nothing
+  local name=$1; shift
+  KUBEMAGIC_CLUSTER_LOCKED='' setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 9>&- &  # not the lock
+  echo $! > "$PIDS/$name.pid"
+}
+
+# Pods may talk to the host and to each other only: drop whatever they send beyond the pod
+# networks of all nodes (POD_NET) and whatever comes from outside into them. In mangle FORWARD,
+# which runs before the filter table: kube-router keeps its jump at the top of filter FORWARD and
+# ACCEPTs there what passes the NetworkPolicies, so DROP rules behind it would never see that
+# traffic. Also replaces the rules of a cluster started by an older up (filter table, or node 1's
+# /16 only).
+ensure_isolation_rules() {
+  local rule table net
+  for rule in "-s $POD_NET ! -d $POD_NET" "! -s $POD_NET -d $POD_NET"; do
+    # shellcheck disable=SC2086
+    iptables -w -t mangle -C FORWARD $rule -m comment --comment "$IPT_COMMENT" -j DROP 2>/dev/null ||
+      iptables -w -t mangle -I FORWARD 1 $rule -m comment --comment "$IPT_COMMENT" -j DROP
+  done
+  for table in filter mangle; do
+    for net in "$POD_CIDR" "$POD_NET"; do
+      [ "$table/$net" = "mangle/$POD_NET" ] && continue
+      for rule in "-s $net ! -d $net" "! -s $net -d $net"; do
+        # shellcheck disable=SC2086
+        while iptables -w -t $table -D FORWARD $rule -m comment --comment "$IPT_COMMENT" -j DROP 2>/dev/null; do :; done
+      done
+    done
+  done
+}
 
 case "$STATE" in /*/*) ;; *) die "KUBEMAGIC_CLUSTER_STATE must be an absolute path below / (got '$STATE')" ;; esac
 case "$RUN" in /*/*) ;; *) die "KUBEMAGIC_CLUSTER_RUN must be an absolute path below / (got '$RUN')" ;; esac

@@ -87,6 +87,9 @@ def _pod(name: str, image: str, labels: dict, command: list[str]) -> client.V1Po
         spec=client.V1PodSpec(
             restart_policy="Never",
             termination_grace_period_seconds=1,
+            # node 1, whose own address is the host's: an extra node (tests/cluster/node) sees the
+            # host as another machine, subject to the policies (tests/cluster/test_nodes.py)
+            node_selector={"kubernetes.io/hostname": "kubemagic-node"},
             security_context=client.V1PodSecurityContext(run_as_user=1000, run_as_group=1000, run_as_non_root=True),
             containers=[client.V1Container(
                 name="main", image=image, image_pull_policy="Never", command=command,

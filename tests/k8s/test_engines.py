@@ -148,9 +148,12 @@ def test_scale_up_and_down_removes_highest_indices(k8s_cluster, tmp_path, loop):
             assert key not in raw(pod, k8s_cluster)
             assert key not in core.read_namespaced_pod_log(pod.metadata.name, tenant.namespace)
 
-        # scale to 0 suspends (a Job with 0 completions would complete and be deleted)
+        # scale to 0 keeps the Job with parallelism 0 (0 completions would complete it, and
+        # suspending would stop its lease clock)
         loop.run(launcher.scale(0))
         assert wait_until(lambda: not rc.ids, 60), rc.ids
+        spec = admin(k8s_cluster)[1].read_namespaced_job(launcher.job_name, tenant.namespace).spec
+        assert (spec.parallelism, spec.suspend) == (0, False)
         loop.run(launcher.scale(1))
         rc.wait_for_engines(1, timeout=120)
         assert [r[0] for r in rc[:].apply_sync(_whoami)] == [0]

@@ -67,3 +67,18 @@ def test_parse_adapt():
     for bad in ("8", "a:b", "4:2", "-1:3", ""):
         with pytest.raises(UsageError, match="--adapt|adaptive"):
             parse_adapt(bad)
+
+
+def test_one_iterable_is_kept_untupled_and_tupled_per_chunk():
+    import numpy as np
+
+    big = range(10**12)  # far beyond memory as tuples: kept as the range it is
+    items = materialize((big,))
+    assert len(items) == 10**12 and items[5] == (5,) and items[3:6] == [(3,), (4,), (5,)]
+    xs = [1, 2]
+    copied = materialize((xs,))
+    xs.append(3)  # a list is copied: later changes do not reach the running map
+    assert list(copied) == [(1,), (2,)]
+    rows = materialize((np.arange(6).reshape(3, 2),))
+    assert len(rows) == 3 and rows[1][0].tolist() == [2, 3]
+    assert list(materialize(((x * 2 for x in range(3)),))) == [(0,), (2,), (4,)]

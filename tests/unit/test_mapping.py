@@ -64,7 +64,8 @@ def test_out_of_retries_fails_with_advice():
     assert (c2.start, c2.stop, c2.attempt) == (0, 1, 1)
     run.lost(c2, "engine 1 died")
     assert run.state == "failed" and isinstance(run.error, SessionError)
-    assert "--retries" in str(run.error) and "item 0 (" in str(run.error)
+    # a poison item is named; retrying more often would not help, so no advice says so
+    assert "item 0 (" in str(run.error) and "--retries" not in str(run.error)
 
 
 def test_a_poison_item_is_isolated_and_named_and_the_rest_completes_first():
@@ -126,6 +127,16 @@ def test_auto_chunks_grow_for_fast_items_and_shrink_at_the_tail():
     p.observe(16, 16e-6)  # 1 µs per item
     assert p.size(100_000, 2) == 25_000  # capped by remaining / (2 * engines)
     assert p.size(40, 2) == 10  # the tail shrinks
+
+
+def test_many_engines_get_chunks_big_enough_for_one_dispatcher():
+    p = ChunkPlanner(1_000_000, "auto")
+    p.observe(1000, 1e-3)  # 1 µs per item: costs are transport, 2 µs per item
+    assert p.size(4_000, 2) == 2_500  # the fixed 5 ms floor: a small fleet as before
+    # 64 engines: the tail rule alone would give 15,625; the floor is engines × 2 ms of
+    # work (64,000 items), but never more than an even share of what is left
+    assert p.size(2_000_000, 64) == 31_250
+    assert p.size(100_000, 64) == 2_500  # (an even share, 1,563, is below the 5 ms floor)
 
 
 def test_auto_chunks_follow_the_time_budget_for_slow_items():

@@ -12,7 +12,7 @@ from kubernetes.client.exceptions import ApiException
 from kubemagic.errors import PermissionDenied, StartupError, UsageError
 from kubemagic.k8s import incluster
 from kubemagic.k8s.client import api_call, permission_denied, service_account_of
-from kubemagic.k8s.manifests import DIAGNOSTIC_RULES, ROLE_RULES
+from kubemagic.k8s.role import DIAGNOSTIC_RULES, ROLE_RULES
 from kubemagic.k8s.permissions import missing_permissions
 from kubemagic.k8s.rbac import main_rbac, render_rbac
 

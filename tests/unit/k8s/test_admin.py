@@ -43,6 +43,7 @@ def _with_status(**status):
         (JOB, "Running"),
         (_with_status(), "Starting"),
         ({**JOB, "spec": {"suspend": True}}, "Suspended"),
+        ({**JOB, "spec": {"parallelism": 0}}, "Idle"),
         ({**JOB, "metadata": {**JOB["metadata"], "deletionTimestamp": "x"}}, "Deleting"),
         (
             _with_status(

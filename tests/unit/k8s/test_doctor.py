@@ -17,7 +17,8 @@ from kubemagic.k8s.checks import FAIL, PASS, SKIP, Check, print_table
 from kubemagic.k8s.doctor import role_rules
 from kubemagic.k8s.doctor_pod import judge_image, judge_ports, parse_probe, probe_report
 from kubemagic.k8s.listeners import Listeners
-from kubemagic.k8s.manifests import DIAGNOSTIC_RULES, ENGINE_POD_SELECTOR, ROLE_RULES
+from kubemagic.k8s.manifests import ENGINE_POD_SELECTOR
+from kubemagic.k8s.role import DIAGNOSTIC_RULES, ROLE_RULES
 from kubemagic.k8s.podstate import PodState
 from kubemagic.k8s.probe import DOCTOR_LABEL, PROBE_CONTAINER, probe_command, probe_job
 

@@ -9,6 +9,7 @@ import pytest
 
 from kubemagic.k8s import manifests as m
 from kubemagic.k8s import rbac
+from kubemagic.k8s.role import role as role_of
 
 
 def _job(**overrides):
@@ -53,9 +54,13 @@ def test_indexed_elastic_job_shape():
     assert spec["ttlSecondsAfterFinished"] == 0
     assert spec["backoffLimitPerIndex"] >= 100 and spec["backoffLimit"] >= 10**6
     assert spec["template"]["spec"]["restartPolicy"] == "Never"
-    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] <= 10
+    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] == 30
     assert "activeDeadlineSeconds" not in spec
     assert _job(active_deadline_seconds=99)["spec"]["activeDeadlineSeconds"] == 99
+    # the lease is the first deadline, never past the user's own
+    assert _job(lease_seconds=120)["spec"]["activeDeadlineSeconds"] == 120
+    assert _job(lease_seconds=120, active_deadline_seconds=99)["spec"][
+        "activeDeadlineSeconds"] == 99
 
 
 def test_pod_failure_policy_fails_on_controller_loss_and_ignores_disruptions():
@@ -215,7 +220,8 @@ def test_secret_owned_by_job():
 
 def test_scale_patch_changes_parallelism_and_completions_together():
     assert m.scale_patch(4) == {"spec": {"suspend": False, "parallelism": 4, "completions": 4}}
-    assert m.scale_patch(0) == {"spec": {"suspend": True}}
+    # not suspend: a suspended Job's activeDeadlineSeconds clock (the lease) would stop
+    assert m.scale_patch(0) == {"spec": {"parallelism": 0}}
 
 
 @pytest.mark.parametrize(
@@ -254,7 +260,7 @@ def test_network_policy_opens_only_the_port_range_to_engines():
 
 
 def test_role_is_least_privilege():
-    role = m.role("kubemagic", "ns")
+    role = role_of("kubemagic", "ns")
     k8s.V1Role.model_validate(role)
     verbs = {
         (g, r, v)

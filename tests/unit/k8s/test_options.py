@@ -16,7 +16,7 @@ from kubemagic.cli import build_parser
 from kubemagic.errors import UsageError
 from kubemagic.k8s.backend import _launcher_config
 from kubemagic.k8s.launcher import KubernetesEngineSetLauncher
-from kubemagic.k8s.manifests import engine_job
+from kubemagic.k8s.manifests import GRACE_ENV, engine_job
 from kubemagic.k8s.options import KubernetesOptions, parse_options, parse_tolerations
 from kubemagic.k8s.quantities import cpu_quantity, gpu_count, memory_quantity
 from kubemagic.magics import KubeMagics, line_engine_options
@@ -224,7 +224,7 @@ def test_magic_node_selector_reaches_the_job():
 def test_magic_flags_reach_the_job_and_the_controller():
     given = _magic("--tolerations gpu=true:NoSchedule --env OMP_NUM_THREADS=1 "
                    "--service-account runner --image-pull-policy never --run-as-user none "
-                   "--active-deadline-seconds 600 --gpu 1 --cpu 500m --no-curve "
+                   "--active-deadline-seconds 600 --lease-seconds 0 --gpu 1 --cpu 500m --no-curve "
                    "--port-range 48000-48050 --pod-overrides '{\"priorityClassName\": \"low\"}'")
     options = parse_options(**given)
     assert options.curve is False and options.port_range == (48000, 48050)
@@ -237,7 +237,7 @@ def test_magic_flags_reach_the_job_and_the_controller():
     assert pod["serviceAccountName"] == "runner" and pod["automountServiceAccountToken"]
     assert container["imagePullPolicy"] == "Never" and pod["priorityClassName"] == "low"
     assert "runAsUser" not in pod["securityContext"]
-    assert job["spec"]["activeDeadlineSeconds"] == 600
+    assert job["spec"]["activeDeadlineSeconds"] == 600  # no lease: the user's deadline
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["resources"]["requests"]["cpu"] == "500m"
 
@@ -267,3 +267,23 @@ def test_engines_spread_over_nodes_and_leave_a_lost_node_within_seconds():
         "template"]["spec"]
     assert "topologySpreadConstraints" not in pod
     assert {t["tolerationSeconds"] for t in pod["tolerations"]} == {30}
+
+
+def test_engines_get_a_grace_period_to_hand_work_back_and_are_told_it():
+    """A busy engine finishes its item and hands the rest back between SIGTERM and SIGKILL
+    (kubemagic.k8s.engine): the period is the pod's, and the engine reads it from its env."""
+    def grace(job):
+        pod = job["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        return pod["terminationGracePeriodSeconds"], env[GRACE_ENV]
+
+    assert grace(_job(parse_options())) == (30, "30")
+    assert grace(_job(parse_options(**_magic("--termination-grace-period-seconds 90")))) == (
+        90, "90")
+    # set through --pod-overrides, the engine still learns the period it really has
+    assert grace(_job(parse_options(pod_overrides={"terminationGracePeriodSeconds": 7}))) == (
+        7, "7")
+    with pytest.raises(UsageError, match="--termination-grace-period-seconds '0' must be at"):
+        parse_options(termination_grace_period_seconds="0")
+    with pytest.raises(UsageError, match="KUBEMAGIC_GRACE_SECONDS"):
+        parse_options(env={GRACE_ENV: "1"})

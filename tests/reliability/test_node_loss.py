@@ -1,0 +1,92 @@
+"""Losing a whole node in the middle of a map (issue 16): 4 engines spread over 2 nodes.
+
+``tests/cluster/node stop`` makes the second node vanish like a reclaimed VM: its kubelet,
+runtime and every container SIGKILLed at once, its link down. The engines on it stop
+answering heartbeats; the kernel hands their chunks to the engines on the surviving node,
+so the map completes with every item returned once. The extra time is printed.
+
+Replacements: Kubernetes marks the lost node's pods for deletion after their short
+``node.kubernetes.io/unreachable`` toleration, but a pod on a node that never answers again
+stays Terminating, and a Job with a pod failure policy replaces only pods that reached the
+Failed phase. The pod garbage collector makes them Failed once the Node object is deleted
+— what a cloud's node controller does when the VM is gone — or marked out of service by an
+admin. The second test deletes the Node as the cloud would, and measures until the
+replacement engines run on the surviving node.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.cluster.nodes import SECOND_NODE, stop_node
+
+from ._support import admin, clean_process_env, engine_pods, make_tenant, new_session
+
+pytestmark = pytest.mark.cluster
+
+ITEMS = 400
+CODE = '''
+import os, time
+def nap(x):
+    time.sleep(0.05)
+    return (x, os.environ.get("KUBEMAGIC_POD_NAME"))
+'''
+
+
+def _nap() -> Any:
+    namespace = {"__name__": "__main__"}
+    exec(CODE, namespace)
+    return namespace["nap"]
+
+
+def _nodes(k8s_cluster: Any, ns: str, cluster_id: str, running: bool = True) -> dict[str, str]:
+    """Pod name -> node of the session's engine pods (Running and not being deleted)."""
+    return {p.metadata.name: p.spec.node_name for p in engine_pods(k8s_cluster, ns, cluster_id)
+            if not running or (p.status.phase == "Running" and not p.metadata.deletion_timestamp)}
+
+
+def test_a_map_survives_the_loss_of_a_node_and_the_fleet_comes_back(k8s_cluster, second_node):
+    tenant = make_tenant(k8s_cluster, "nodeloss")
+    nap = _nap()
+    with clean_process_env():
+        s = new_session(k8s_cluster, tenant, n=4, idle_timeout=0, node_loss_seconds=5).start()
+        try:
+            placed = _nodes(k8s_cluster, tenant.namespace, s.cluster_id)
+            assert sorted(set(placed.values())) == sorted(["kubemagic-node", SECOND_NODE]), \
+                f"engines not spread over both nodes: {placed}"
+            t0 = time.monotonic()
+            assert [r[0] for r in s.map(nap, range(ITEMS), progress=False)] == list(range(ITEMS))
+            baseline = time.monotonic() - t0
+
+            t0 = time.monotonic()
+            handle = s.map_async(nap, range(ITEMS))
+            time.sleep(1.0)
+            stop_node(SECOND_NODE)
+            lost_at = time.monotonic()
+            results = handle.result(timeout=300)
+            took = time.monotonic() - t0
+            assert [r[0] for r in results] == list(range(ITEMS))  # each item once, in order
+            print(f"\nnode lost during a {ITEMS} x 50 ms map on 4 engines over 2 nodes: "
+                  f"{took:.1f} s vs {baseline:.1f} s without (+{took - baseline:.1f} s)")
+
+            # the cloud deletes the Node of a VM that is gone: the pods become Failed, the
+            # Job replaces them on the surviving node
+            k8s_cluster.run_kubectl("delete", "node", SECOND_NODE, "--wait=false")
+            deadline = time.monotonic() + 240
+            while True:
+                running = _nodes(k8s_cluster, tenant.namespace, s.cluster_id)
+                if len(running) == 4 and set(running.values()) == {"kubemagic-node"} \
+                        and len(s.ready_ids()) == 4:
+                    break
+                assert time.monotonic() < deadline, f"fleet not back to 4 on node 1: {running}"
+                time.sleep(0.5)
+            print(f"4 engines running on the surviving node {time.monotonic() - lost_at:.1f} s "
+                  "after the node was lost")
+            assert sorted(s.map(abs, range(-8, 0), progress=False)) == list(range(1, 9))
+            job = admin(k8s_cluster)[1].list_namespaced_job(tenant.namespace).items[0]
+            assert not [c for c in job.status.conditions or [] if c.status == "True"]
+        finally:
+            s.stop()
