@@ -3,7 +3,9 @@ and plain ipyparallel engines in the same Job shape, in the same run.
 
 Keys (medians over repeats), each with an ``_ipp_plain`` twin:
 
-* ``k8s_engines_ready_s.n2`` / ``.n8`` -- Job create request -> all engines ready
+* ``k8s_engines_ready_s.n2`` / ``.n8`` / ``.n32`` -- Job create request -> all engines ready
+* ``k8s_warm_map_s.n2`` / ``.n32``, ``k8s_noop_items_per_s.n2`` / ``.n32`` -- a warm one-item
+  map and a 20,000-item no-op map on 2 and on 32 engine pods
   (kubemap: ``KubeCluster.start()`` returns; plain: ``rc.wait_for_engines(n)`` returns);
 * ``k8s_first_result_s`` -- from nothing (session object created) to the first result of a
   one-item map: what a user waits for on a first cell;
@@ -325,6 +327,30 @@ def measure_start(bench: Any, cl: Cluster, system_cls: type, suffix: str, n: int
         s.stop()
 
 
+def measure_fleet(bench: Any, cl: Cluster, n: int, items: int = 20_000) -> None:
+    """``n`` engine pods: Job create -> all ready, then what a map costs on that many — a
+    warm one-item map (the per-map overhead) and a no-op map (the dispatcher's ceiling)."""
+    s = KubemapK8s(cl, n)
+    before = len(cl.job_created)
+    try:
+        s.start()
+        ready = time.monotonic() - cl.job_created[before]
+        bench.add("k8s_engines_ready_s", f"n{n}", ready)
+        s.map(noop, list(range(n)))  # every engine warm
+        t = time.monotonic()
+        s.map(noop, [1])
+        warm = time.monotonic() - t
+        bench.add("k8s_warm_map_s", f"n{n}", warm)
+        t = time.monotonic()
+        assert list(s.map(noop, list(range(items)))) == list(range(items))
+        rate = items / (time.monotonic() - t)
+        bench.add("k8s_noop_items_per_s", f"n{n}", rate)
+        _log(f"n={n}: ready {ready:.2f} s after Job create; warm 1-item map {warm * 1000:.1f} ms; "
+             f"no-op {rate:,.0f} items/s")
+    finally:
+        s.stop()
+
+
 def measure_pod_loss(bench: Any, cl: Cluster, system_cls: type, key: str,
                      items: int = 400) -> None:
     s = system_cls(cl, 2)
@@ -379,6 +405,11 @@ def run(bench: Any, quick: bool = False) -> None:
                         measure_start(bench, cl, system_cls, suffix, n, scale=(n == 2))
                     except Exception as e:
                         bench.error(f"k8s {system_cls.__name__} n={n}", e)
+        for n in (2, 32):  # the per-map overhead of a large fleet, against a small one
+            try:
+                measure_fleet(bench, cl, n)
+            except Exception as e:
+                bench.error(f"k8s fleet n={n}", e)
         for system_cls, key in ((KubemapK8s, "kubemap"), (PlainIppK8s, "ipp_plain")):
             for _ in range(info["pod_loss_repeats"]):
                 try:

@@ -172,8 +172,11 @@ def engine_job(
     """The engines' Indexed Job: slot ``i`` is completion index ``i``.
 
     Pods prefer distinct nodes (``spread``), and tolerate a node that is not ready or
-    unreachable for ``node_loss_seconds`` instead of Kubernetes' 300 s, so the engines of a
-    lost node are replaced on the others within seconds.
+    unreachable for ``node_loss_seconds`` instead of Kubernetes' 300 s: a lost node's
+    engines are evicted within seconds, and replaced on the others as soon as they are
+    Failed (the pod garbage collector does that once the Node is deleted or marked out of
+    service; the failure policy below replaces only Failed pods). ``lease_seconds``: the
+    Job's first ``activeDeadlineSeconds`` (:mod:`.lease`).
 
     After SIGTERM an engine has ``termination_grace_period_seconds`` (also in its
     :data:`GRACE_ENV`) to finish its item and hand the rest back (:mod:`.engine`).

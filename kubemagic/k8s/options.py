@@ -296,8 +296,8 @@ class KubernetesOptions:
         parse=partial(whole_number, name="--node-loss-seconds", minimum=0,
                       fix="give whole seconds, e.g. --node-loss-seconds 10"),
         metavar="S", layer="manifest", default=10,
-        help="replace engines of a node that is not ready or unreachable after S seconds "
-        "(Kubernetes' default is 300)")
+        help="evict engines of a node that is not ready or unreachable after S seconds "
+        "(Kubernetes' default is 300); they are replaced once the node is back or deleted")
     # 30 s, Kubernetes' own default, which evictions and `kubectl drain` honour: room for
     # the running item of a busy engine to finish before it hands the rest of its work back
     # (map items usually take far less). An idle engine still exits at once, so stopping

@@ -11,7 +11,9 @@ engine pod, or — every (1/``--process-kill-share``)-th kill — the engine pro
 its running container, from the kernel side: a task sends ``os.kill(os.getpid(), SIGKILL)``).
 A map's result must be exactly
 ``[i * i for i in range(N)]``: any missing or wrong index is *lost*, any index whose result
-appears twice is *duplicated*; a map that fails with an error instead (e.g. no engine for
+appears twice is *duplicated*. Each execution of an item prints a line, which the map's item
+log keeps: an item returned without any execution seen is *unexecuted*, executions beyond
+the first are *re-runs* (the items of a chunk whose engine was killed run again elsewhere); a map that fails with an error instead (e.g. no engine for
 ``start_timeout`` seconds) counts in ``failed_maps``, its message in ``errors``. On
 Kubernetes the Job replaces killed pods — after its per-index backoff, which doubles with
 each loss of a slot (10 s, 20 s, ... up to 6 min; ignored failures count too), so many
@@ -42,8 +44,19 @@ from kubemagic.errors import KubemagicError
 def square_slowly(x: int) -> tuple[int, int]:
     import time as _t
 
+    print("ran", x)  # one line per execution: the map's item log counts them
     _t.sleep(0.02)
     return x, x * x
+
+
+def executions(handle: Any) -> dict[int, int]:
+    """Item -> how many executions of it printed their line to the kernel (an execution
+    cut short by a kill may not have: a lower bound, but never a made-up result)."""
+    counts: dict[int, int] = {}
+    for line in handle.output.log.lines:
+        if line.stream == "stdout" and line.text.startswith("ran "):
+            counts[line.index] = counts.get(line.index, 0) + 1
+    return counts
 
 
 def kill_local(session: Any, rng: random.Random) -> str:
@@ -138,7 +151,8 @@ def run(maps: int, kills: int, n_items: int, backend: str, seed: int,
     killer = kill_local if backend == "local" else kubernetes_killer(process_kill_share)
     totals: dict[str, Any] = {"backend": session.backend, "maps": 0, "kills": 0, "items": 0,
                               "lost": 0, "duplicated": 0, "retried_chunks": 0, "seconds": 0.0,
-                              "failed_maps": 0, "errors": []}
+                              "failed_maps": 0, "errors": [], "executions": 0,
+                              "unexecuted": 0, "reexecuted": 0}
     kinds: dict[str, int] = {}
     kills_per_map = [0] * maps
     for _ in range(kills):
@@ -190,8 +204,13 @@ def run(maps: int, kills: int, n_items: int, backend: str, seed: int,
             dup = sum(c - 1 for c in seen.values() if c > 1)
             totals["lost"] += lost
             totals["duplicated"] += dup
+            ran = executions(handle)
+            totals["executions"] += sum(ran.values())
+            totals["unexecuted"] += sum(1 for i in range(n_items) if not ran.get(i))
+            totals["reexecuted"] += sum(c - 1 for c in ran.values() if c > 1)
             log(f"map {m + 1}/{maps}: {len(done_kills)} kill(s) {done_kills}, "
-                f"{lost} lost, {dup} duplicated, {elapsed:.1f} s")
+                f"{lost} lost, {dup} duplicated, {sum(ran.values())} executions "
+                f"({totals['reexecuted']} re-runs so far), {elapsed:.1f} s")
     finally:
         session.stop()
     totals["kill_kinds"] = kinds

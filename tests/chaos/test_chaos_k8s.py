@@ -29,5 +29,6 @@ def test_random_pod_and_process_kills_lose_and_duplicate_nothing(k8s_cluster):
     assert totals["kills"] >= 3, totals
     assert totals["failed_maps"] == 0, totals["errors"]
     assert totals["lost"] == 0 and totals["duplicated"] == 0, totals
+    assert totals["unexecuted"] == 0 and totals["executions"] >= totals["items"], totals
     assert totals["retried_chunks"] >= 1, totals
     assert leftovers(k8s_cluster, tenant.namespace) == NOTHING
