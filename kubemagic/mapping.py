@@ -162,7 +162,9 @@ class MapRun:
         if not (self.speculate and self.active) or self._pending:
             return None
         now = self.clock() if now is None else now
-        original = self._spec.straggler(self._out.values(), now, engine)
+        # never a copy of a suspect: it may be what kills engines (see lost())
+        original = self._spec.straggler(
+            (c for c in self._out.values() if not self.suspect(c)), now, engine)
         if original is None:
             return None
         copy = self._send(Chunk(self._next_id, original.start, original.stop,

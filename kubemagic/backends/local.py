@@ -77,8 +77,10 @@ YOUNG_DEATH_S = 10.0
 #: what ipengine logs once registered: a death after it is no failure to start (an item
 #: that kills its engine, a kill by hand)
 REGISTERED_LINE = "Completed registration"
-#: the longest pause before a slot whose engines keep dying young after registering gets
-#: a new one (seconds)
+#: young deaths in a row after registering (items that kill their engine, re-run by a
+#: user) after which a slot gets its new engine only after a pause
+QUICK_DEATHS_BEFORE_PAUSE = 10
+#: the longest such pause (seconds)
 REFILL_PAUSE_MAX_S = 30.0
 #: exit statuses kept for :meth:`ScalableLocalEngineSetLauncher.engine_death`
 EXITS_KEPT = 256
@@ -170,8 +172,8 @@ class ScalableLocalEngineSetLauncher(LocalEngineSetLauncher):
         One that keeps dying within seconds of its start, before it registered, is a crash
         loop, not bad luck: the slot stays empty and :meth:`diagnose` says why. One that
         had registered was killed by an item (or by the replayed code): it is replaced at
-        once, but after more than :data:`CRASH_LOOP_DEATHS` such young deaths in a row
-        only after a pause that doubles (1, 2, 4 ... s), so code that kills every new
+        once, but after more than :data:`QUICK_DEATHS_BEFORE_PAUSE` such young deaths in
+        a row only after a pause that doubles (1, 2, 4 ... s), so code that kills every new
         engine does not keep the machine busy starting them. One killed on purpose (an
         item stuck in it) is replaced at once."""
         if (self._stopping or launcher in self._leaving or int(identifier) >= self.n
@@ -186,8 +188,8 @@ class ScalableLocalEngineSetLauncher(LocalEngineSetLauncher):
             self._quick_deaths.get(identifier, 0) + 1 if young and registered else 0)
         if crashes >= CRASH_LOOP_DEATHS:
             return
-        if quick > CRASH_LOOP_DEATHS:
-            pause = min(REFILL_PAUSE_MAX_S, 2.0 ** (quick - CRASH_LOOP_DEATHS - 1))
+        if quick > QUICK_DEATHS_BEFORE_PAUSE:
+            pause = min(REFILL_PAUSE_MAX_S, 2.0 ** (quick - QUICK_DEATHS_BEFORE_PAUSE - 1))
             self.loop.call_later(pause, self._refill, int(identifier))
         else:
             self._start_slot(int(identifier))

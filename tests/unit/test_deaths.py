@@ -132,3 +132,17 @@ def test_without_retries_an_item_not_run_alone_is_not_called_poison():
     run.lost(run.next_chunk(1), "engine 0 died", of_process(-11), 0)
     assert run.state == "failed" and not isinstance(run.error, PoisonItemError)
     assert str(run.error).startswith("item 0 was lost 1 time(s): engine 0 died")
+
+
+def test_an_item_whose_engine_died_is_never_copied_to_another_engine():
+    """A copy of a suspect would put a possible engine killer on a second engine."""
+    t = [0.0]
+    run = MapRun(4, ChunkPlanner(4, 1), retries=2, clock=lambda: t[0])
+    chunks = [run.next_chunk(4, engine=e) for e in range(4)]
+    for c in chunks[:3]:
+        run.complete(c, [c.start], 0.1)
+    run.lost(chunks[3], "engine 3 died", of_process(-9), 3)  # item 3 is a suspect now
+    again = run.next_chunk(4, engine=4)
+    assert run.suspect(again)
+    t[0] = 60.0  # long past any straggler limit
+    assert run.speculative_chunk(engine=0) is None
