@@ -15,8 +15,8 @@ engines.
 from __future__ import annotations
 
 import signal
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Hashable
 
 from .errors import PoisonItemError
 

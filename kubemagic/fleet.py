@@ -103,8 +103,11 @@ class Fleet:
         """Apply queued registrations: send the replay log to every new engine first.
 
         Called before any work is handed out, so a joined engine is brought up to date
-        (its queue is FIFO) before it gets a task.
+        (its queue is FIFO) before it gets a task. Listeners hear of the change after the
+        lock is released: a listener that reads the fleet (the widget, under its own lock)
+        would otherwise deadlock with a thread that holds its lock and waits for ours.
         """
+        changed = False
         with self._lock:
             while True:
                 try:
@@ -112,14 +115,16 @@ class Fleet:
                 except queue.Empty:
                     break
                 if kind == "register":
-                    self._join(eid)
+                    changed = self._join(eid) or changed
                 else:
                     self._gone(eid)
-                    self._events.emit(Topic.ENGINES)
+                    changed = True
+        if changed:
+            self._events.emit(Topic.ENGINES)
 
-    def _join(self, eid: int) -> None:
+    def _join(self, eid: int) -> bool:
         if self._client is None or (eid in self.engines and self.engines[eid].state != "gone"):
-            return
+            return False
         info = self.engines[eid] = EngineInfo(eid, joined=time.time())
         view = self._view(eid)
         for entry in self.replay:
@@ -127,7 +132,7 @@ class Fleet:
         ar = view.apply_async(remote.joined)
         ar.add_done_callback(lambda f, info=info: self._learned(info, f))
         info.state = "ready"
-        self._events.emit(Topic.ENGINES)
+        return True
 
     def _learned(self, info: EngineInfo, fut: Any) -> None:
         # runs in the client's IO thread: only record, never send from here
@@ -236,8 +241,8 @@ class Fleet:
         Raises :class:`UsageError` when it cannot be sent (not picklable) and
         :class:`SessionError` when it fails on an engine.
         """
+        self.refresh()  # not under the lock: it tells listeners (see refresh)
         with self._lock:
-            self.refresh()
             ids = [e.id for e in self.engines.values() if e.state in ("ready", "draining")]
             pending = []
             try:

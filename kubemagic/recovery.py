@@ -22,7 +22,8 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .deaths import Death
 from .fleet import Fleet

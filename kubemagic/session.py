@@ -26,9 +26,9 @@ from .errors import SessionError, UsageError
 from .events import Events, Topic
 from .fleet import EngineInfo, Fleet
 from .imports import recorded_imports
+from .recovery import Recovery
 from .replay import Entry, ReplayLog
 from .resume import ResultCache, plan
-from .recovery import Recovery
 from .serialize import set_remote_names, use_notebook_pickler
 from .scaling import Scaler
 from .teardown import Teardown, uninterrupted

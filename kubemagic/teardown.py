@@ -16,8 +16,8 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from . import lifetime
 

@@ -20,6 +20,7 @@ from kubemagic.k8s.backend import kubernetes_backend
 from kubemagic.k8s.client import connect
 from kubemagic.k8s.launcher import KubernetesEngineSetLauncher
 from kubemagic.k8s.permissions import check_permissions
+from kubemagic.k8s.role import role as role_of
 
 from .helpers import (
     Tenant,
@@ -92,7 +93,7 @@ def test_spec_starts_engines_the_way_the_session_does(k8s_cluster, tmp_path, loo
 def _tenant_without(k8s_cluster, prefix: str, resource: str, verb: str | None = None) -> Tenant:
     """A tenant whose Role lacks ``verb`` on ``resource`` (all verbs when None)."""
     tenant = make_tenant(k8s_cluster, prefix)
-    role = m.role("kubemagic", tenant.namespace)
+    role = role_of("kubemagic", tenant.namespace)
     for rule in role["rules"]:
         if rule["resources"] == [resource]:
             rule["verbs"] = [v for v in rule["verbs"] if verb is not None and v != verb]

@@ -15,11 +15,10 @@ from kubemagic.teardown import Teardown, uninterrupted
 
 def test_a_sigint_inside_the_block_is_raised_after_it():
     done = []
-    with pytest.raises(KeyboardInterrupt):
-        with uninterrupted():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.1)  # a normal block would be interrupted here
-            done.append(True)
+    with pytest.raises(KeyboardInterrupt), uninterrupted():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # a normal block would be interrupted here
+        done.append(True)
     assert done == [True]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
