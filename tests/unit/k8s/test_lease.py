@@ -63,6 +63,19 @@ def test_seconds_since_is_never_negative():
     assert lease.seconds_since("2000-01-01T00:00:00Z") > 0
 
 
+def _answers(*answers):
+    """A call that raises or returns each of ``answers`` in turn."""
+    left = list(answers)
+
+    def call():
+        answer = left.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return call
+
+
 def test_through_outage_retries_transient_failures_only(monkeypatch):
     import urllib3
     from kubernetes.client.exceptions import ApiException
@@ -71,21 +84,13 @@ def test_through_outage_retries_transient_failures_only(monkeypatch):
     from kubemagic.k8s import client
 
     monkeypatch.setattr(client.time, "sleep", lambda s: None)
-    answers = [urllib3.exceptions.ProtocolError("connection reset"), ApiException(status=503), "ok"]
-
-    def call():
-        answer = answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
+    call = _answers(urllib3.exceptions.ProtocolError("reset"), ApiException(status=503), "ok")
     assert client.through_outage(call, "scaling") == "ok"
-    forbidden = ApiException(status=403)
     with pytest.raises(ApiException):  # not transient: at once, for api_call to explain
-        client.through_outage(lambda: (_ for _ in ()).throw(forbidden), "scaling")
+        client.through_outage(_answers(ApiException(status=403)), "scaling")
     with pytest.raises(StartupError, match="did not answer for 0 s, so scaling to 3"):
-        client.through_outage(lambda: (_ for _ in ()).throw(ConnectionRefusedError()),
-                              "scaling to 3 engines", seconds=0)
+        client.through_outage(_answers(ConnectionRefusedError()), "scaling to 3 engines",
+                              seconds=0)
 
 
 def test_a_denial_right_after_an_outage_is_retried(monkeypatch):
@@ -94,12 +99,5 @@ def test_a_denial_right_after_an_outage_is_retried(monkeypatch):
     from kubemagic.k8s import client
 
     monkeypatch.setattr(client.time, "sleep", lambda s: None)
-    answers = [ConnectionRefusedError(), ApiException(status=403), "ok"]
-
-    def call():
-        answer = answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
+    call = _answers(ConnectionRefusedError(), ApiException(status=403), "ok")
     assert client.through_outage(call, "scaling") == "ok"
