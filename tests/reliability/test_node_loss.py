@@ -52,7 +52,14 @@ def test_a_map_survives_the_loss_of_a_node_and_the_fleet_comes_back(k8s_cluster,
     tenant = make_tenant(k8s_cluster, "nodeloss")
     nap = _nap()
     with clean_process_env():
-        s = new_session(k8s_cluster, tenant, n=4, idle_timeout=0, node_loss_seconds=5).start()
+        # the default spread is a preference, which the scheduler may outweigh (node 1 also
+        # runs the hub): here the engines must sit on both nodes, so it is made a rule
+        hard_spread = {"topologySpreadConstraints": [{
+            "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "engine"}}}]}
+        s = new_session(k8s_cluster, tenant, n=4, idle_timeout=0, node_loss_seconds=5,
+                        pod_overrides=hard_spread).start()
         try:
             placed = _nodes(k8s_cluster, tenant.namespace, s.cluster_id)
             assert sorted(set(placed.values())) == sorted(["kubemagic-node", SECOND_NODE]), \
