@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from kubemagic.k8s.manifests import ENGINE_POD_SELECTOR
 from tests.cluster.nodes import SECOND_NODE, stop_node
 
 from ._support import admin, clean_process_env, engine_pods, make_tenant, new_session
@@ -57,7 +58,7 @@ def test_a_map_survives_the_loss_of_a_node_and_the_fleet_comes_back(k8s_cluster,
         hard_spread = {"topologySpreadConstraints": [{
             "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
             "whenUnsatisfiable": "DoNotSchedule",
-            "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "engine"}}}]}
+            "labelSelector": {"matchLabels": ENGINE_POD_SELECTOR}}]}
         s = new_session(k8s_cluster, tenant, n=4, idle_timeout=0, node_loss_seconds=5,
                         pod_overrides=hard_spread).start()
         try:
