@@ -8,6 +8,10 @@ the cluster, next to the launcher's own. The Job then creates a new pod for the 
 podFailurePolicy counts the kill (exit 137) against the slot's generous
 ``backoffLimitPerIndex``, so the Job does not fail, and the replacement comes after the
 slot's per-index backoff (10 s for a slot's first loss on Kubernetes 1.31).
+
+It also releases the pods of a lost node (:meth:`EngineControl.release_lost_pod`): marked
+Failed and deleted, as the pod garbage collector does once a Node object is deleted, so the
+Job replaces them on the nodes that still answer instead of waiting for that deletion.
 """
 
 from __future__ import annotations
@@ -20,6 +24,14 @@ from .client import Api, api_call, is_not_found, namespaced
 
 #: seconds to wait for an engine to confirm a signal
 SIGNAL_TIMEOUT_S = 2.0
+#: the status of a pod lost with its node: Failed, keeping its ``DisruptionTarget``
+#: condition (the Job's podFailurePolicy ignores it: replaced, not counted)
+LOST_POD_STATUS = {"status": {
+    "phase": "Failed", "reason": "NodeLost",
+    "message": "kubemagic: the pod's node stopped answering and the taint manager is deleting "
+               "the pod; marked Failed so that its Job replaces it on a node that answers",
+}}
+_MERGE_PATCH = "application/merge-patch+json"
 
 
 class EngineControl:
@@ -54,3 +66,23 @@ class EngineControl:
             self.log.warning("%s did not reach the engine of pod %s: %s",
                              signal.Signals(sig).name, pod, refused.get(pod, "no answer"))
         return not refused and not silent
+
+    def release_lost_pod(self, pod: str) -> None:
+        """Mark ``pod``, lost with its node (:func:`.podstate.lost_with_node`), Failed and
+        delete it without a grace period: what the pod garbage collector does once the Node
+        object is gone, done now because a cloud may take minutes to delete it, a bare-metal
+        cluster never. Its engine is already gone (no heartbeat): nothing is cut short. If
+        the node comes back, its kubelet finds the pod deleted and kills the container."""
+        path = namespaced(self.namespace, "pods", pod)
+        try:
+            with api_call("patch", "pods/status", self.namespace):
+                self.api.request("PATCH", f"{path}/status", body=LOST_POD_STATUS,
+                                 content_type=_MERGE_PATCH)
+            with api_call("delete", "pods", self.namespace):
+                self.api.request("DELETE", path, query={"gracePeriodSeconds": 0})
+        except Exception as e:
+            if not is_not_found(e):
+                self.log.warning("could not release engine pod %s of a lost node (its slot "
+                                 "stays empty until the Node is deleted): %s", pod, e)
+            return
+        self.log.info("engine pod %s was on a lost node: marked Failed, to be replaced", pod)

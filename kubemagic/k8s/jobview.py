@@ -21,8 +21,8 @@ from . import manifests, queries
 from .client import Api, api_call, namespaced
 from .diagnose import explain, refusal
 from ..deaths import Death, of_container
-from .podstate import (PodState, crash, crash_loop_size, job_end, pod_state, slot_states,
-                       termination)
+from .podstate import (PodState, crash, crash_loop_size, job_end, lost_with_node, pod_state,
+                       slot_states, termination)
 from .watch import JobMirror
 
 #: At most this many pods are asked for events/logs by :meth:`diagnose` (it must stay fast
@@ -50,6 +50,7 @@ class JobObserver:
     log: Any
     notify_stop: Callable[[dict[str, Any]], Any]
     _delete_objects: Callable[..., None]
+    release_lost_pod: Callable[[str], None]
 
     _mirror: JobMirror | None = None
     _stopping = False
@@ -65,6 +66,8 @@ class JobObserver:
         self._crashes: dict[str, PodState | None] = {}
         #: pod name -> (slot, last lines of its log), read before the pod was deleted
         self._kept_logs: dict[str, tuple[int | None, str]] = {}
+        #: pods of a lost node already released (marked Failed once, not at every event)
+        self._released: set[str] = set()
         self._mirror = JobMirror(
             self.api, self.namespace, self.job_name, self._job_changed, self._pod_changed
         )
@@ -121,7 +124,14 @@ class JobObserver:
         are counted; :func:`.podstate.crash_loop_size` of them end the set: their logs are
         kept, the Job is deleted and ipyparallel is told (so ``wait_for_engines`` raises
         ``EngineError``).
+
+        A pod lost with its node is released for replacement first (see
+        :meth:`.EngineControl.release_lost_pod`).
         """
+        name = (pod.get("metadata") or {}).get("name", "")
+        if lost_with_node(pod) and name not in self._released and not self._stopping:
+            self._released.add(name)
+            self.release_lost_pod(name)
         if self._started is None or time.monotonic() - self._started > self.startup_crash_window:
             return
         failed = crash(pod)

@@ -174,8 +174,8 @@ def engine_job(
     Pods prefer distinct nodes (``spread``), and tolerate a node that is not ready or
     unreachable for ``node_loss_seconds`` instead of Kubernetes' 300 s: a lost node's
     engines are evicted within seconds, and replaced on the others as soon as they are
-    Failed (the pod garbage collector does that once the Node is deleted or marked out of
-    service; the failure policy below replaces only Failed pods). ``lease_seconds``: the
+    Failed (the failure policy below replaces only Failed pods; the launcher marks a lost
+    node's pods Failed, :meth:`.EngineControl.release_lost_pod`). ``lease_seconds``: the
     Job's first ``activeDeadlineSeconds`` (:mod:`.lease`).
 
     After SIGTERM an engine has ``termination_grace_period_seconds`` (also in its
@@ -243,6 +243,8 @@ def engine_job(
         pod_spec["topologySpreadConstraints"] = [{
             "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
             "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": dict(labels)},
+            # a lost or cordoned node (tainted NoSchedule) is no place to spread to
+            "nodeTaintsPolicy": "Honor",
         }]
 
     template: dict[str, Any] = {"metadata": {"labels": dict(labels)}, "spec": pod_spec}

@@ -297,7 +297,7 @@ class KubernetesOptions:
                       fix="give whole seconds, e.g. --node-loss-seconds 10"),
         metavar="S", layer="manifest", default=10,
         help="evict engines of a node that is not ready or unreachable after S seconds "
-        "(Kubernetes' default is 300); they are replaced once the node is back or deleted")
+        "(Kubernetes' default is 300) and replace them on the nodes that answer")
     # 30 s, Kubernetes' own default, which evictions and `kubectl drain` honour: room for
     # the running item of a busy engine to finish before it hands the rest of its work back
     # (map items usually take far less). An idle engine still exits at once, so stopping

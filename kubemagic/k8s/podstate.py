@@ -173,6 +173,30 @@ def crash(pod: Mapping[str, Any]) -> PodState | None:
     return state
 
 
+def lost_with_node(pod: Mapping[str, Any]) -> bool:
+    """True when the pod's node stopped answering and the pod can never end by itself.
+
+    The node's controller, not its kubelet, marked it not ready: ``Ready`` is False while
+    ``ContainersReady`` is still True (the kubelet sets both together; the node lifecycle
+    controller flips only ``Ready`` when the node's heartbeats stop). And the taint manager
+    is deleting it for the node's ``unreachable``/``not-ready`` taint (``DisruptionTarget``,
+    ``DeletionByTaintManager``), after the engines' short toleration. Such a pod stays
+    Terminating while the Node object exists — only its kubelet could end it — and a Job
+    with a pod failure policy replaces only Failed pods.
+    """
+    if not (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    status = pod.get("status") or {}
+    if status.get("phase") not in ("Running", "Pending"):
+        return False
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    disruption = conditions.get("DisruptionTarget") or {}
+    return (disruption.get("status") == "True"
+            and disruption.get("reason") == "DeletionByTaintManager"
+            and (conditions.get("Ready") or {}).get("status") == "False"
+            and (conditions.get("ContainersReady") or {}).get("status") == "True")
+
+
 def crash_loop_size(n: int) -> int:
     """Crashes soon after the start that mean the engines cannot start at all: half the
     slots' worth, at least two. Engines that crash deterministically (an import error, a

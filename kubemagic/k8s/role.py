@@ -23,6 +23,9 @@ ROLE_RULES: list[dict[str, Any]] = [
     # delete: KubernetesEngineSetLauncher.signal(SIGKILL) removes engine pods without grace
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    # patch: an engine pod lost with its node is marked Failed, so the Job replaces it
+    # (EngineControl.release_lost_pod; the pod garbage collector waits for the Node's deletion)
+    {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from kubemagic.k8s.manifests import EXIT_CONTROLLER_GONE, EXIT_TERMINATED
-from kubemagic.k8s.podstate import JobEnd, crash, crash_loop_size, job_end
+from kubemagic.k8s.podstate import JobEnd, crash, crash_loop_size, job_end, lost_with_node
 
 
 def job(*conditions):
@@ -92,3 +92,47 @@ def test_what_is_not_a_crash(kwargs):
 @pytest.mark.parametrize("n, size", [(1, 2), (2, 2), (3, 2), (5, 3), (100, 50)])
 def test_a_crash_loop_is_half_the_slots_worth_of_crashes_and_never_one(n, size):
     assert crash_loop_size(n) == size
+
+
+def _lost_pod(**changes: dict) -> dict:
+    """An engine pod of a node that stopped answering, as the API showed it on the test
+    cluster: Ready flipped by the node controller, ContainersReady left as the kubelet set
+    it, and the taint manager deleting it."""
+    conditions = {
+        "Ready": {"type": "Ready", "status": "False"},
+        "ContainersReady": {"type": "ContainersReady", "status": "True"},
+        "DisruptionTarget": {"type": "DisruptionTarget", "status": "True",
+                             "reason": "DeletionByTaintManager",
+                             "message": "Taint manager: deleting due to NoExecute taint"},
+    }
+    for kind, change in changes.items():
+        if change is None:
+            conditions.pop(kind)
+        else:
+            conditions[kind] = {**conditions[kind], **change}
+    return {"metadata": {"name": "p", "deletionTimestamp": "2026-11-29T16:09:14Z"},
+            "status": {"phase": "Running", "conditions": list(conditions.values())}}
+
+
+def test_a_pod_whose_node_stopped_answering_is_lost_with_it():
+    assert lost_with_node(_lost_pod())
+
+
+@pytest.mark.parametrize("changes", [
+    {"DisruptionTarget": None},                                   # not being evicted
+    {"DisruptionTarget": {"reason": "EvictionByEvictionAPI"}},    # drained: its kubelet ends it
+    {"DisruptionTarget": {"status": "False"}},
+    {"ContainersReady": {"status": "False"}},                     # the kubelet speaks: it ends it
+    {"Ready": {"status": "True"}},
+])
+def test_a_pod_its_kubelet_can_still_end_is_not_lost(changes):
+    assert not lost_with_node(_lost_pod(**changes))
+
+
+def test_a_pod_not_being_deleted_or_already_ended_is_not_lost():
+    pod = _lost_pod()
+    del pod["metadata"]["deletionTimestamp"]
+    assert not lost_with_node(pod)
+    pod = _lost_pod()
+    pod["status"]["phase"] = "Failed"
+    assert not lost_with_node(pod)
