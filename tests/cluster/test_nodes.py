@@ -315,4 +315,12 @@ def test_remove_leaves_nothing_behind(k8s_cluster, second_node):
     assert str(node_dir) not in run("findmnt", "-rn", "-o", "TARGET")
     assert run("pgrep", "-af", f"nodes/{third.name}/").strip() == ""
     assert not list((STATE / "logs").glob(f"{third.name}.*")), "its logs are left"
-    assert _ready(core, second_node.name).status == "True"  # the other extra node is untouched
+    # the other extra node is untouched: Ready, or Ready again soon (with the node-loss grace of
+    # 10 s, a 2-core machine busy starting and removing a node can delay its status for a moment;
+    # a node that removal broke would stay Unknown)
+    cond = _ready(core, second_node.name)
+    if cond.status != "True":
+        took = _until(f"{second_node.name} Ready again after removing {third.name}",
+                      lambda: _ready(core, second_node.name).status == "True", 60)
+        print(f"{second_node.name} was {cond.status} ({cond.reason}) after the removal, Ready again "
+              f"{took:.1f} s later")
