@@ -21,8 +21,9 @@ from . import manifests, queries
 from .client import Api, api_call, namespaced
 from .diagnose import explain, refusal
 from ..deaths import Death, of_container
-from .podstate import (PodState, crash, crash_loop_size, job_end, lost_with_node, pod_state,
-                       slot_states, termination)
+from .lease import seconds_since
+from .podstate import (PodState, crash, crash_loop_size, deletion_overdue, job_end,
+                       lost_with_node, pod_state, slot_states, termination)
 from .watch import JobMirror
 
 #: At most this many pods are asked for events/logs by :meth:`diagnose` (it must stay fast
@@ -125,11 +126,15 @@ class JobObserver:
         kept, the Job is deleted and ipyparallel is told (so ``wait_for_engines`` raises
         ``EngineError``).
 
-        A pod lost with its node is released for replacement first (see
-        :meth:`.EngineControl.release_lost_pod`).
+        A pod lost with its node, or still there well after its deletion deadline, is
+        released for replacement first (see :meth:`.EngineControl.release_lost_pod`); the
+        mirror hands every pod here again after each watch request, so a deadline that
+        passes without an event is noticed too.
         """
-        name = (pod.get("metadata") or {}).get("name", "")
-        if lost_with_node(pod) and name not in self._released and not self._stopping:
+        meta = pod.get("metadata") or {}
+        name, deadline = meta.get("name", ""), meta.get("deletionTimestamp")
+        if (deadline and name not in self._released and not self._stopping
+                and (lost_with_node(pod) or deletion_overdue(pod, seconds_since(deadline)))):
             self._released.add(name)
             self.release_lost_pod(name)
         if self._started is None or time.monotonic() - self._started > self.startup_crash_window:

@@ -197,6 +197,23 @@ def lost_with_node(pod: Mapping[str, Any]) -> bool:
             and (conditions.get("ContainersReady") or {}).get("status") == "True")
 
 
+#: Seconds past a pod's deletion deadline after which its kubelet is taken to be gone: a
+#: kubelet that answers kills the containers at the deadline and reports at once.
+OVERDUE_S = 15.0
+
+
+def deletion_overdue(pod: Mapping[str, Any], seconds_past_deadline: float) -> bool:
+    """True for a pod still Running or Pending :data:`OVERDUE_S` after its deletion deadline
+    (its ``deletionTimestamp``, the end of its grace period): nobody will end it but its
+    kubelet, which no longer answers. This also catches what :func:`lost_with_node` cannot:
+    pods of a lost node that were still starting (never ready), or that were deleted before
+    the node went."""
+    if not (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    return ((pod.get("status") or {}).get("phase") in ("Running", "Pending")
+            and seconds_past_deadline > OVERDUE_S)
+
+
 def crash_loop_size(n: int) -> int:
     """Crashes soon after the start that mean the engines cannot start at all: half the
     slots' worth, at least two. Engines that crash deterministically (an import error, a

@@ -33,7 +33,9 @@ class JobMirror:
     """Mirror of Job ``job_name`` and its pods in ``namespace``.
 
     ``on_job_change(job_or_None)`` runs on a watch thread whenever the Job changes or is
-    deleted (None); ``on_pod_change(pod)`` whenever a pod is listed, created or changes.
+    deleted (None); ``on_pod_change(pod)`` whenever a pod is listed, created or changes, and
+    for every pod again after each watch request (at most :data:`WATCH_SECONDS` apart), so
+    what changes with the clock alone (a deletion deadline passing) is seen without an event.
     """
 
     def __init__(
@@ -170,6 +172,9 @@ class JobMirror:
                     if self._stop.is_set():
                         return
                 self.error = ""
+                if apply == self._apply_pod and self._on_pod_change is not None:
+                    for pod in self.pods():
+                        self._on_pod_change(pod)
             except ApiException as e:
                 if e.status == 410:  # our resourceVersion is too old: start over
                     version = None

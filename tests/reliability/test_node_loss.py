@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from kubemagic.k8s.manifests import ENGINE_POD_SELECTOR
-from tests.cluster.nodes import SECOND_NODE, stop_node
+from tests.cluster.nodes import SECOND_NODE, start_node, stop_node
+from tests.k8s.helpers import LoopThread, new_cluster, wait_until
 
 from ._support import admin, clean_process_env, engine_pods, make_tenant, new_session
 
@@ -98,3 +99,48 @@ def test_a_map_survives_the_loss_of_a_node_and_the_fleet_comes_back(k8s_cluster,
             assert not [c for c in job.status.conditions or [] if c.status == "True"]
         finally:
             s.stop()
+
+
+def test_an_engine_still_starting_on_a_lost_node_is_replaced(k8s_cluster, second_node, tmp_path):
+    """A node lost while its engine pod still starts (an init container here; a slow image
+    pull in life): the pod was never ready, so only its overdue deletion shows that its
+    kubelet is gone. The launcher releases it all the same, and the Job's replacement goes
+    to the surviving node."""
+    start_node(SECOND_NODE)  # the test before stopped it
+    tenant = make_tenant(k8s_cluster, "nodeloss-start")
+    core = admin(k8s_cluster)[0]
+    overrides = {
+        "initContainers": [{"name": "slow-start", "image": k8s_cluster.image,
+                            "imagePullPolicy": "Never", "command": ["sleep", "3600"]}],
+        "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 100, "preference": {"matchExpressions": [{
+                "key": "kubernetes.io/hostname", "operator": "In", "values": [SECOND_NODE]}]}}]}},
+    }
+    cluster = new_cluster(k8s_cluster, tenant, tmp_path, pod_overrides=overrides,
+                          node_loss_seconds=2, termination_grace_period_seconds=1)
+    loop = LoopThread()
+    try:
+        loop.run(cluster.start_controller())
+        loop.run(cluster.start_engines(1))
+
+        def starting_on_node2() -> Any:
+            pods = core.list_namespaced_pod(tenant.namespace).items
+            return [p for p in pods if p.spec.node_name == SECOND_NODE
+                    and p.status.phase == "Pending" and p.status.init_container_statuses]
+        (first,) = wait_until(starting_on_node2, 120, 0.5) or pytest.fail(
+            "no engine pod starting on the second node")
+        stop_node(SECOND_NODE)
+        lost_at = time.monotonic()
+
+        def replaced() -> Any:
+            return [p for p in core.list_namespaced_pod(tenant.namespace).items
+                    if p.spec.node_name == "kubemagic-node" and not p.metadata.deletion_timestamp]
+        assert wait_until(replaced, 180, 0.5), "the lost starting pod was never replaced"
+        print(f"\na starting engine pod on a lost node: replaced on the surviving node "
+              f"{time.monotonic() - lost_at:.1f} s after the loss")
+        left = [p for p in core.list_namespaced_pod(tenant.namespace).items
+                if p.metadata.name == first.metadata.name]
+        assert not left or left[0].status.reason == "NodeLost", left
+    finally:
+        loop.run(cluster.stop_cluster(), timeout=180)
+        loop.close()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from kubemagic.k8s.manifests import EXIT_CONTROLLER_GONE, EXIT_TERMINATED
-from kubemagic.k8s.podstate import JobEnd, crash, crash_loop_size, job_end, lost_with_node
+from kubemagic.k8s.podstate import (OVERDUE_S, JobEnd, crash, crash_loop_size, deletion_overdue,
+                                     job_end, lost_with_node)
 
 
 def job(*conditions):
@@ -136,3 +137,17 @@ def test_a_pod_not_being_deleted_or_already_ended_is_not_lost():
     pod = _lost_pod()
     pod["status"]["phase"] = "Failed"
     assert not lost_with_node(pod)
+
+
+@pytest.mark.parametrize("phase, past, overdue", [
+    ("Pending", OVERDUE_S + 1, True),    # a lost node's pod that was still starting
+    ("Running", OVERDUE_S + 1, True),
+    ("Running", OVERDUE_S - 1, False),   # its kubelet may still be reporting the end
+    ("Failed", OVERDUE_S + 60, False),   # ended: the Job has counted it
+])
+def test_a_pod_long_past_its_deletion_deadline_is_overdue(phase, past, overdue):
+    pod = {"metadata": {"name": "p", "deletionTimestamp": "2026-11-29T16:09:14Z"},
+           "status": {"phase": phase}}
+    assert deletion_overdue(pod, past) is overdue
+    del pod["metadata"]["deletionTimestamp"]
+    assert not deletion_overdue(pod, past)
