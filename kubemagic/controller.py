@@ -24,6 +24,8 @@ from ._loop import LoopThread
 from .backends import BackendSpec
 from .errors import SessionError
 
+log = logging.getLogger(__name__)
+
 #: heartbeat period (ms): ipyparallel's 3000 ms default makes registration wait up to
 #: two beats and makes a dead engine take ~33 s to notice; 100 ms keeps both sub-second
 HEARTBEAT_MS = 100
@@ -151,5 +153,33 @@ async def _start(cluster: ipp.Cluster, spec: BackendSpec, n: int) -> ipp.Client:
     info = cluster.controller.get_connection_info()
     if inspect.isawaitable(info):
         info = await info
-    return ipp.Client(dict(info["client"], location="127.0.0.1"), cluster=cluster,
-                      profile_dir=cluster.profile_dir, cluster_id=cluster.cluster_id)
+    client = ipp.Client(dict(info["client"], location="127.0.0.1"), cluster=cluster,
+                        profile_dir=cluster.profile_dir, cluster_id=cluster.cluster_id)
+    _quiet_late_replies(client)
+    return client
+
+
+def _quiet_late_replies(client: ipp.Client) -> None:
+    """Drop, with a debug log line, a task's reply that arrives after its engine was declared
+    dead, instead of ipyparallel printing "got stale result" and the whole message (or "got
+    unknown result" once the session has forgotten the map's tasks).
+
+    ipyparallel settles the tasks of an engine that unregisters or misses its heartbeats
+    with an ``EngineError`` at once, and says itself that the real reply may come later
+    (an engine starved of CPU, a pod that left just after replying). The session has then
+    re-run that chunk already; the late reply changes nothing, but the client prints three
+    lines (buffers included) from its IO thread into whatever cell runs.
+    """
+    handle = client._queue_handlers["apply_reply"]
+
+    def handle_unless_late(msg: dict) -> None:
+        if client._should_use_metadata_msg_id(msg):  # a coalesced broadcast reply
+            msg_id = msg["metadata"].get("original_msg_id")
+        else:
+            msg_id = (msg.get("parent_header") or {}).get("msg_id")
+        if msg_id not in client.outstanding:
+            log.debug("dropped the late reply of task %s: its engine was declared dead", msg_id)
+            return
+        handle(msg)
+
+    client._queue_handlers["apply_reply"] = handle_unless_late

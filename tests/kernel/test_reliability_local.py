@@ -55,6 +55,26 @@ def test_engine_killed_mid_map_every_item_exactly_once(kernel):
     assert out.strip() == "True True 2", out
 
 
+def test_a_reply_after_its_engine_was_declared_dead_prints_nothing(kernel):
+    """An engine frozen past its heartbeat limit is declared dead, its chunk runs again
+    elsewhere, and its own reply comes after all: ipyparallel would print "got stale result"
+    and the whole message into the cell."""
+    out = kernel.run(
+        "victim = s.client[0].apply_sync(os.getpid)\n"
+        "h = s.map_async(slow, range(200))\n"
+        "time.sleep(0.5)\n"
+        "os.kill(victim, signal.SIGSTOP)\n"
+        "time.sleep(4)\n"  # past the controller's heartbeat limit (about 2 s)
+        "os.kill(victim, signal.SIGCONT)\n"
+        "r = h.result()\n"
+        "time.sleep(2)\n"  # the frozen engine's reply arrives now, if ever
+        "print('results', r == [x * x for x in range(200)], h.progress().retried_chunks >= 1)",
+        timeout=120,
+    )
+    assert "stale result" not in out and "unknown result" not in out, out
+    assert out.strip().splitlines()[-1] == "results True True", out
+
+
 @pytest.mark.parametrize("cell,ename,words", [
     ("s.stop(); s.map(slow, [1])", "SessionError", "stopped"),
     ("s.stop(); s.scale(3)", "SessionError", "stopped"),
