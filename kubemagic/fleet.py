@@ -63,6 +63,8 @@ class Fleet:
         self._views: dict[int, Any] = {}
         self._queue: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
         self._lock = threading.RLock()
+        #: engines the controller dropped while they were ready (see :meth:`take_dropped`)
+        self._dropped: list[EngineInfo] = []
 
     # -- connection ------------------------------------------------------------------------
     def attach(self, client: ipp.Client) -> None:
@@ -125,7 +127,10 @@ class Fleet:
     def _join(self, eid: int) -> bool:
         if self._client is None or (eid in self.engines and self.engines[eid].state != "gone"):
             return False
-        info = self.engines[eid] = EngineInfo(eid, joined=time.time())
+        # its identity now, not only once it answers its first task: an engine dropped
+        # before that (frozen, starved) must still be found by it (:mod:`.reaper`)
+        info = self.engines[eid] = EngineInfo(eid, joined=time.time(),
+                                              ident=_uuid(self._client, eid))
         view = self._view(eid)
         for entry in self.replay:
             _send_entry(view, entry)
@@ -138,7 +143,9 @@ class Fleet:
         # runs in the client's IO thread: only record, never send from here
         try:
             data = fut.result()
-        except Exception as e:  # the engine died right after joining
+        except Exception as e:  # the engine died (or went silent) right after joining
+            if info.state == "ready":
+                self._dropped.append(info)  # atomic: no lock on the client's IO thread
             info.state = "gone"
             self._report(f"engine {info.id} failed its first task: {e}")
             return
@@ -151,6 +158,8 @@ class Fleet:
     def _gone(self, eid: int) -> None:
         info = self.engines.get(eid)
         if info is not None:
+            if info.state == "ready":  # not draining or leaving: it did not go on purpose
+                self._dropped.append(info)
             info.state = "gone"
         self._views.pop(eid, None)
 
@@ -183,6 +192,13 @@ class Fleet:
                                                  "phase": "", "reason": ""})
             row.update(engine=info.id, state=info.state, inflight=info.inflight)
         return [slots[k] for k in sorted(slots)]
+
+    def take_dropped(self) -> list[EngineInfo]:
+        """The engines the controller dropped while they were ready since the last call:
+        dead, or alive but silent (:mod:`kubemagic.reaper` tells which)."""
+        with self._lock:
+            dropped, self._dropped = self._dropped, []
+        return dropped
 
     def alive(self, eid: int) -> bool:
         """Whether the controller still lists engine ``eid`` (else: mark it gone)."""
@@ -327,6 +343,13 @@ class Fleet:
                 if info.state == "draining":
                     info.state = "gone"
         self._events.emit(Topic.ENGINES)
+
+
+def _uuid(client: ipp.Client, eid: int) -> str:
+    """Engine ``eid``'s identity with the controller, as the client recorded it at
+    registration (ipyparallel keeps it in ``_engines``; tested with ipyparallel 9.2)."""
+    ident = getattr(client, "_engines", {}).get(eid, "")
+    return ident.decode() if isinstance(ident, bytes) else str(ident)
 
 
 def _send_entry(view: Any, entry: Entry) -> Any:

@@ -106,6 +106,25 @@ class Recovery:
                              "be stopped; %kubemap stop ends it")
         return notes
 
+    def reap(self, info: Any) -> None:
+        """End the process of an engine the controller dropped while it was ready, if it
+        still runs (:mod:`kubemagic.reaper`): the backend's ``reap_engine`` where it has one
+        (it knows whether the engine's pod still runs), else SIGKILL to its process, which
+        reaches only a process that still runs."""
+        launcher = self._safe_launcher()
+        if launcher is None:
+            return
+        reap = getattr(launcher, "reap_engine", None)
+        try:
+            ended = reap(info) if reap is not None else launcher.signal_engine(info, signal.SIGKILL)
+        except Exception as e:  # the platform is unreachable: the engine stays as it is
+            log.warning("could not restart engine %s, dropped by the controller: %s", info.id, e)
+            return
+        if ended:
+            log.warning("engine %s missed its heartbeats and was dropped by the controller while "
+                        "its process still ran; it was restarted (a new engine takes its slot)",
+                        info.id)
+
     def _signal(self, eid: int, sig: int) -> bool:
         info = self.fleet.engines.get(eid)
         send = getattr(self._safe_launcher(), "signal_engine", None)

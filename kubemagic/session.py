@@ -26,6 +26,7 @@ from .errors import SessionError, UsageError
 from .events import Events, Topic
 from .fleet import EngineInfo, Fleet
 from .imports import recorded_imports
+from .reaper import Reaper
 from .recovery import Recovery
 from .replay import Entry, ReplayLog
 from .resume import ResultCache, plan
@@ -100,6 +101,7 @@ class KubeCluster:
             report=self._report)
         self.controller = controller.Controller(self.spec, self.cluster_id, self._loop)
         self.recovery = Recovery(self.fleet, lambda: self.launcher)  # engines maps left busy
+        Reaper(self.fleet, self.recovery, self._events)  # engines dropped while still running
         self._teardown = Teardown(self, self.fleet, self.controller, report=self._report)
         self._widget: Any = None
         lifetime.track(self)

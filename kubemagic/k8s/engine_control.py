@@ -3,15 +3,17 @@
 A mixin of :class:`.launcher.KubernetesEngineSetLauncher`, for
 :mod:`kubemagic.recovery`: an engine still running an ended map's item is interrupted
 (SIGINT, through the controller: :mod:`.relay`, no ``pods/exec``), and one that does not
-stop is killed by deleting its pod without a grace period — the only change this makes to
-the cluster, next to the launcher's own. The Job then creates a new pod for the slot: the
+stop is killed by deleting its pod without a grace period, as is the pod of an engine the
+controller dropped while it still runs (:meth:`EngineControl.reap_engine`, for
+:mod:`kubemagic.reaper`). The Job then creates a new pod for the slot: the
 podFailurePolicy counts the kill (exit 137) against the slot's generous
 ``backoffLimitPerIndex``, so the Job does not fail, and the replacement comes after the
 slot's per-index backoff (10 s for a slot's first loss on Kubernetes 1.31).
 
 It also releases the pods of a lost node (:meth:`EngineControl.release_lost_pod`): marked
 Failed and deleted, as the pod garbage collector does once a Node object is deleted, so the
-Job replaces them on the nodes that still answer instead of waiting for that deletion.
+Job replaces them on the nodes that still answer instead of waiting for that deletion. With
+the kills, these are the only changes it makes to the cluster next to the launcher's own.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 
 from . import relay
 from .client import Api, api_call, is_not_found, namespaced
+from .podstate import runs
+from .watch import JobMirror
 
 #: seconds to wait for an engine to confirm a signal
 SIGNAL_TIMEOUT_S = 2.0
@@ -42,6 +46,7 @@ class EngineControl:
     namespace: str
     connection_files: dict[str, str]
     log: Any
+    _mirror: JobMirror | None
 
     def signal_engine(self, engine: Any, sig: int) -> bool:
         """Send ``sig`` to the engine process of ``engine``'s pod (its identity with the
@@ -66,6 +71,14 @@ class EngineControl:
             self.log.warning("%s did not reach the engine of pod %s: %s",
                              signal.Signals(sig).name, pod, refused.get(pod, "no answer"))
         return not refused and not silent
+
+    def reap_engine(self, engine: Any) -> bool:
+        """Delete the pod of ``engine``, which the controller dropped, if the pod still runs
+        (:mod:`kubemagic.reaper`); True if it did. A pod that ended, is being deleted, or
+        whose node went silent is left to the Job and :meth:`release_lost_pod`."""
+        pods = self._mirror.pods() if self._mirror is not None else []
+        pod = next((p for p in pods if p["metadata"]["name"] == engine.ident), None)
+        return pod is not None and runs(pod) and self.signal_engine(engine, signal.SIGKILL)
 
     def release_lost_pod(self, pod: str) -> None:
         """Mark ``pod``, lost with its node (:func:`.podstate.lost_with_node`), Failed and

@@ -197,6 +197,16 @@ def lost_with_node(pod: Mapping[str, Any]) -> bool:
             and (conditions.get("ContainersReady") or {}).get("status") == "True")
 
 
+def runs(pod: Mapping[str, Any]) -> bool:
+    """True while the pod runs as far as its kubelet says: Running, not being deleted, and
+    ready (the node's controller turns ``Ready`` off when the kubelet goes silent)."""
+    status = pod.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or [])
+    return (status.get("phase") == "Running" and ready
+            and not (pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
 #: Seconds past a pod's deletion deadline after which its kubelet is taken to be gone: a
 #: kubelet that answers kills the containers at the deadline and reports at once.
 OVERDUE_S = 15.0

@@ -75,6 +75,29 @@ def test_a_reply_after_its_engine_was_declared_dead_prints_nothing(kernel):
     assert out.strip().splitlines()[-1] == "results True True", out
 
 
+def test_an_engine_dropped_for_missed_heartbeats_while_alive_is_restarted(kernel):
+    """A frozen engine misses its heartbeats and the controller drops it for good; thawed,
+    its process would idle for ever and the fleet stay one short. It is killed and its slot
+    gets a new engine."""
+    out = kernel.run(
+        "victim = s.client[0].apply_sync(os.getpid)\n"
+        "os.kill(victim, signal.SIGSTOP)\n"
+        "time.sleep(4)\n"  # past the controller's heartbeat limit (about 2 s)
+        "os.kill(victim, signal.SIGCONT)\n"
+        "deadline = time.monotonic() + 60\n"
+        "while len(s.ready_ids()) < 2 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.2)\n"
+        "try:\n"
+        "    os.kill(victim, 0)\n"
+        "    gone = False\n"
+        "except ProcessLookupError:\n"
+        "    gone = True\n"
+        "print(len(s.ready_ids()), gone, s.map(slow, range(4), progress=False))",
+        timeout=120,
+    )
+    assert out.strip().splitlines()[-1] == "2 True [0, 1, 4, 9]", out
+
+
 @pytest.mark.parametrize("cell,ename,words", [
     ("s.stop(); s.map(slow, [1])", "SessionError", "stopped"),
     ("s.stop(); s.scale(3)", "SessionError", "stopped"),
