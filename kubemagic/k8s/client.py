@@ -32,6 +32,8 @@ REQUEST_TIMEOUT = 15
 #: unreachable or restarting, before it fails with a clear error. Managed clusters upgrade
 #: their API servers under running sessions; a restart takes seconds to tens of seconds.
 OUTAGE_SECONDS = 60
+#: The content type of the JSON merge patches the backend sends (RFC 7386).
+MERGE_PATCH = "application/merge-patch+json"
 #: Statuses of an API server that is starting, overloaded or behind a restarting proxy.
 _TRANSIENT_STATUS = {0, 429, 500, 502, 503, 504}
 

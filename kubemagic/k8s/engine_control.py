@@ -22,7 +22,7 @@ import signal
 from typing import Any
 
 from . import relay
-from .client import Api, api_call, is_not_found, namespaced
+from .client import MERGE_PATCH, Api, api_call, is_not_found, namespaced
 from .podstate import runs
 from .watch import JobMirror
 
@@ -35,7 +35,6 @@ LOST_POD_STATUS = {"status": {
     "message": "kubemagic: the pod's node stopped answering and the taint manager is deleting "
                "the pod; marked Failed so that its Job replaces it on a node that answers",
 }}
-_MERGE_PATCH = "application/merge-patch+json"
 
 
 class EngineControl:
@@ -90,7 +89,7 @@ class EngineControl:
         try:
             with api_call("patch", "pods/status", self.namespace):
                 self.api.request("PATCH", f"{path}/status", body=LOST_POD_STATUS,
-                                 content_type=_MERGE_PATCH)
+                                 content_type=MERGE_PATCH)
             with api_call("delete", "pods", self.namespace):
                 self.api.request("DELETE", path, query={"gracePeriodSeconds": 0})
         except Exception as e:

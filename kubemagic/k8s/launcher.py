@@ -40,7 +40,8 @@ from ipyparallel.cluster.launcher import (
 from ..backends.options import layer_values
 from ..errors import SessionError, UsageError
 from . import incluster, manifests, relay
-from .client import Api, api_call, connect, is_not_found, namespaced, through_outage
+from .client import (MERGE_PATCH, Api, api_call, connect, is_not_found, namespaced,
+                     through_outage)
 from .connection import engine_connection
 from .engine_control import EngineControl
 from .jobview import JobObserver
@@ -49,7 +50,6 @@ from .launcher_config import LauncherConfig
 from .options import KubernetesOptions
 from .podstate import job_end, pod_state
 
-_MERGE_PATCH = "application/merge-patch+json"
 #: Seconds :meth:`KubernetesEngineSetLauncher.signal` waits for engines to confirm a signal.
 _SIGNAL_TIMEOUT = 5.0
 
@@ -187,7 +187,7 @@ class KubernetesEngineSetLauncher(JobObserver, EngineControl, LauncherConfig, En
                     "PATCH",
                     namespaced(ns, "secrets", name),
                     body=manifests.secret_owner_patch(name, self.job_uid),
-                    content_type=_MERGE_PATCH,
+                    content_type=MERGE_PATCH,
                 )
         except BaseException:
             with contextlib.suppress(Exception):  # the first error is the one to report
@@ -198,7 +198,7 @@ class KubernetesEngineSetLauncher(JobObserver, EngineControl, LauncherConfig, En
         """Keep the Job's lease (:mod:`.lease`) while this launcher lives."""
         self._lease = Lease(
             lambda body: self.api.request("PATCH", self._jobs(self.job_name), body=body,
-                                          content_type=_MERGE_PATCH),
+                                          content_type=MERGE_PATCH),
             options.lease_seconds, options.active_deadline_seconds, started, is_not_found)
         self._lease.start(self.job_name)
 
@@ -364,7 +364,7 @@ class KubernetesEngineSetLauncher(JobObserver, EngineControl, LauncherConfig, En
                     through_outage,
                     lambda: self.api.request("PATCH", self._jobs(self.job_name),
                                              body=manifests.scale_patch(n),
-                                             content_type=_MERGE_PATCH),
+                                             content_type=MERGE_PATCH),
                     f"scaling to {n} engines",
                 )
         except Exception as e:
