@@ -220,10 +220,17 @@ class _Zygote:
     def _fork(self, slot: _Slot, request: _Request) -> _Request | None:
         sys.stdout.flush()
         sys.stderr.flush()
+        # a signal forwarded at once must find the child with default handlers, not the
+        # zygote's: blocked over the fork, unblocked in the child once they are reset
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         pid = os.fork()
         if pid == 0:
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
             self._leave()
             return request
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         for fd in request.fds:
             os.close(fd)
         slot.pid, slot.pidfd = pid, os.pidfd_open(pid)
