@@ -50,6 +50,45 @@ def _nodes(k8s_cluster: Any, ns: str, cluster_id: str, running: bool = True) -> 
             if not running or (p.status.phase == "Running" and not p.metadata.deletion_timestamp)}
 
 
+def _state(k8s_cluster: Any, ns: str, cluster_id: str) -> str:
+    """What the pods and the second node looked like, for an assertion message."""
+    pods = [f"{p.metadata.name} on {p.spec.node_name}: {p.status.phase}"
+            f"{' deleting' if p.metadata.deletion_timestamp else ''} "
+            f"{[(c.type, c.status, c.reason) for c in p.status.conditions or []]}"
+            for p in engine_pods(k8s_cluster, ns, cluster_id)]
+    node = admin(k8s_cluster)[0].read_node(SECOND_NODE)
+    conditions = [(c.type, c.status, c.reason) for c in node.status.conditions or []]
+    taints = [(t.key, t.effect) for t in node.spec.taints or []]
+    return "\n".join([*pods, f"{SECOND_NODE}: {conditions} taints {taints}"])
+
+
+def _spread_session(k8s_cluster: Any, tenant: Any, hard_spread: dict[str, Any]) -> Any:
+    """A started 4-engine session with engines on both nodes: the scenario's precondition.
+
+    On this 2-core machine a freshly added node's status can come late while it imports
+    images and starts pods, and the node lifecycle controller then evicts what runs there.
+    That is the harness, not the behaviour under test: the start is tried once more, with
+    what happened printed; a second miss fails the test with the pods' and node's state."""
+    def start() -> tuple[Any, dict[str, str]]:
+        s = new_session(k8s_cluster, tenant, n=4, idle_timeout=0, node_loss_seconds=5,
+                        pod_overrides=hard_spread).start()
+        return s, _nodes(k8s_cluster, tenant.namespace, s.cluster_id)
+
+    both = sorted(["kubemagic-node", SECOND_NODE])
+    s, placed = start()
+    if sorted(set(placed.values())) != both:
+        print("\nengines not spread over both nodes on the first start; starting again:\n"
+              + _state(k8s_cluster, tenant.namespace, s.cluster_id))
+        s.stop()
+        start_node(SECOND_NODE)  # returns once the node is Ready and untainted
+        s, placed = start()
+        if sorted(set(placed.values())) != both:
+            state = _state(k8s_cluster, tenant.namespace, s.cluster_id)
+            s.stop()
+            raise AssertionError(f"engines not spread over both nodes: {placed}\n{state}")
+    return s
+
+
 def test_a_map_survives_the_loss_of_a_node_and_the_fleet_comes_back(k8s_cluster, second_node):
     tenant = make_tenant(k8s_cluster, "nodeloss")
     nap = _nap()
@@ -60,12 +99,8 @@ def test_a_map_survives_the_loss_of_a_node_and_the_fleet_comes_back(k8s_cluster,
             "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
             "whenUnsatisfiable": "DoNotSchedule", "nodeTaintsPolicy": "Honor",
             "labelSelector": {"matchLabels": ENGINE_POD_SELECTOR}}]}
-        s = new_session(k8s_cluster, tenant, n=4, idle_timeout=0, node_loss_seconds=5,
-                        pod_overrides=hard_spread).start()
+        s = _spread_session(k8s_cluster, tenant, hard_spread)
         try:
-            placed = _nodes(k8s_cluster, tenant.namespace, s.cluster_id)
-            assert sorted(set(placed.values())) == sorted(["kubemagic-node", SECOND_NODE]), \
-                f"engines not spread over both nodes: {placed}"
             t0 = time.monotonic()
             assert [r[0] for r in s.map(nap, range(ITEMS), progress=False)] == list(range(ITEMS))
             baseline = time.monotonic() - t0
