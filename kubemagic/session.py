@@ -92,7 +92,8 @@ class KubeCluster:
         self.maps: list[MapHandle] = []
         self._events = Events()
         self._loop = shared_loop()
-        self.fleet = Fleet(self.replay, self._events, self._loop, report=self._report)
+        self.fleet = Fleet(self.replay, self._events, self._loop, report=self._report,
+                           same_host=self.spec.engines_share_host)
         self.fleet.target = target
         self.scaler = Scaler(
             self.fleet, self._loop, lambda: self.launcher, start_timeout=self.start_timeout,

@@ -54,6 +54,9 @@ class BackendSpec:
     controller_args: list[str] = field(default_factory=list)
     #: extra ``ipengine`` arguments
     engine_args: list[str] = field(default_factory=list)
+    #: engines run on the kernel's machine as its user, so a large push can reach them
+    #: through one shared-memory file instead of a copy per engine (:mod:`..sharedpush`)
+    engines_share_host: bool = False
     #: whether CurveZMQ is on (sets IPP_ENABLE_CURVE for controller and client)
     curve: bool = False
     #: default number of retries of a chunk whose engine died

@@ -64,6 +64,7 @@ def local_backend(**options: Any) -> BackendSpec:
     return BackendSpec(
         name="local",
         engine_launcher_class=ScalableLocalEngineSetLauncher,
+        engines_share_host=True,
         config={
             "ScalableLocalEngineSetLauncher": layer_values(opts, "launcher"),
             # engines start at once and read the connection file themselves, so their
