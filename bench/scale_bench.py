@@ -223,6 +223,7 @@ def run_curve(bench: Any, arr: Any, repeats: int, digest: Callable[[str], Any]) 
             key = "curve" if curve else "plain"
             try:
                 with session(2, curve=curve) as c:
+                    c.fleet.same_host = False  # the socket, as to pods: Curve is about the wire
                     if _curve_on(c) != curve:
                         raise RuntimeError(f"CurveZMQ is {'off' if curve else 'on'} in the "
                                            f"{key} session")
