@@ -32,8 +32,10 @@ class ChunkPlanner:
       dozens of tiny round trips (a 10,000-item no-op map ran half as fast). With many
       engines the floor grows to ``engines × DISPATCH_SECONDS``: one dispatcher thread
       serves the whole fleet (a 1M-item no-op map on 64 engines sent 401 chunks and ran at
-      31% of the 2-engine rate). It never takes more than an even share of what remains,
-      so every engine still gets work.
+      31% of the 2-engine rate). It never takes more than an even share of the whole map,
+      and it does not shrink with what remains: for items this cheap, the tail rule's
+      ever smaller chunks cost the dispatcher more than they balance (a share of what
+      remained still made 310 chunks for that map, one of the whole map 128).
 
     Per-item time is taken as at least ``MIN_ITEM_SECONDS``: the engine-side time of a
     trivial function is far below what the item costs to pickle, send and unpickle, and
@@ -69,6 +71,8 @@ class ChunkPlanner:
         #: (the floor waits until the estimate rests on that much)
         self.observed_seconds = 0.0
         self.observed_items = 0
+        self._seconds = 0.0
+        self._items = 0.0
 
     def observe(self, items: int, seconds: float) -> None:
         """Feed one chunk's engine-side duration into the per-item estimate (EWMA)."""
@@ -76,11 +80,12 @@ class ChunkPlanner:
             return
         self.observed_seconds += max(seconds, items * self.MIN_ITEM_SECONDS)
         self.observed_items += items
-        per_item = max(seconds / items, 1e-7)
-        if self.item_seconds is None:
-            self.item_seconds = per_item
-        else:
-            self.item_seconds = 0.5 * self.item_seconds + 0.5 * per_item
+        # decayed sums, not an average of per-chunk rates: a chunk weighs by its items, so
+        # a small probe's fixed cost (the first call, the unpickling) does not pass for
+        # the per-item time of the large chunks after it
+        self._seconds = 0.5 * self._seconds + seconds
+        self._items = 0.5 * self._items + items
+        self.item_seconds = max(self._seconds / self._items, 1e-7)
 
     def size(self, remaining: int, engines: int) -> int:
         """Items for the next chunk, given ``remaining`` unassigned items."""
@@ -100,6 +105,6 @@ class ChunkPlanner:
                 or self.observed_items >= self.TRUSTED_ITEMS):
             floor = max(1, int(self.MIN_CHUNK_SECONDS / per_item))
             fleet_floor = min(int(engines * self.DISPATCH_SECONDS / per_item),
-                              math.ceil(remaining / engines))
+                              math.ceil(self.total / engines))
             size = max(size, min(max(floor, fleet_floor), budget))
         return min(size, remaining)

@@ -235,8 +235,11 @@ class MapHandle:
         """Give every ready engine up to PIPELINE chunks; an idle one may get a copy of a
         straggling chunk once nothing else is left (see :mod:`kubemagic.speculation`)."""
         fleet = self.fleet
+        # one probe per engine until the first chunk is timed: a second one queued behind
+        # it would be sized blind too (64 engines sent 128 probes of 16 no-op items)
+        depth = PIPELINE if self.run.planner.item_seconds is not None else 1
         for eid in ready:
-            while fleet.inflight(eid) < PIPELINE and not self._holds_suspect(eid):
+            while fleet.inflight(eid) < depth and not self._holds_suspect(eid):
                 chunk = self.run.next_chunk(len(ready), engine=eid)
                 if chunk is None and fleet.inflight(eid) == 0:
                     chunk = self.run.speculative_chunk(engine=eid)

@@ -133,10 +133,16 @@ def test_many_engines_get_chunks_big_enough_for_one_dispatcher():
     p = ChunkPlanner(1_000_000, "auto")
     p.observe(1000, 1e-3)  # 1 µs per item: costs are transport, 2 µs per item
     assert p.size(4_000, 2) == 2_500  # the fixed 5 ms floor: a small fleet as before
-    # 64 engines: the tail rule alone would give 15,625; the floor is engines × 2 ms of
-    # work (64,000 items), but never more than an even share of what is left
-    assert p.size(2_000_000, 64) == 31_250
-    assert p.size(100_000, 64) == 2_500  # (an even share, 1,563, is below the 5 ms floor)
+    # 64 engines: the tail rule alone would give 7,032; the floor is engines × 2 ms of
+    # work (64,000 items), but never more than an even share of the whole map (15,625),
+    # and it holds to the end instead of shrinking with what is left
+    assert p.size(900_000, 64) == 15_625
+    assert p.size(100_000, 64) == 15_625
+    assert p.size(10_000, 64) == 10_000
+    # slower items: the floor (64 × 2 ms = 16 items of 8 ms) is below the tail rule's share
+    slow = ChunkPlanner(100_000, "auto")
+    slow.observe(100, 0.8)
+    assert slow.size(100_000, 64) == 25  # 0.2 s budget
 
 
 def test_auto_chunks_follow_the_time_budget_for_slow_items():
