@@ -60,6 +60,11 @@ class Fleet:
         self.engines: dict[int, EngineInfo] = {}
         #: the requested engine count: slots at or above it are drained as they join
         self.target = 0
+        #: fresh slots lent above the target while the platform replaces lost engines
+        #: (:mod:`.surge`); an explicit scale (:meth:`drain_above`) ends the loan
+        self.borrowed = 0
+        #: engines lost while ready, ever: dropped by the controller, or leaving on their own
+        self.losses = 0
         self._events = events
         self._loop = loop
         self._report = report
@@ -150,12 +155,13 @@ class Fleet:
         except Exception as e:  # the engine died (or went silent) right after joining
             if info.state == "ready":
                 self._dropped.append(info)  # atomic: no lock on the client's IO thread
+                self.losses += 1
             info.state = "gone"
             self._report(f"engine {info.id} failed its first task: {e}")
             return
         info.index, info.host, info.pid = data["index"], data["host"], data.get("pid", 0)
         info.ident = (getattr(fut, "metadata", None) or {}).get("engine_uuid") or ""
-        if info.index >= self.target and info.state == "ready":
+        if info.index >= self.target + self.borrowed and info.state == "ready":
             info.state = "draining"
         self._events.emit(Topic.ENGINES)
 
@@ -164,6 +170,7 @@ class Fleet:
         if info is not None:
             if info.state == "ready":  # not draining or leaving: it did not go on purpose
                 self._dropped.append(info)
+                self.losses += 1
             info.state = "gone"
         self._views.pop(eid, None)
 
@@ -316,7 +323,7 @@ class Fleet:
     def drain_above(self, n: int) -> None:
         """New target ``n``: slots ``n`` and up take no new work from now on."""
         with self._lock:
-            self.target = n
+            self.target, self.borrowed = n, 0
             for info in self.engines.values():
                 if info.state == "ready" and info.index >= n:
                     info.state = "draining"
@@ -330,6 +337,7 @@ class Fleet:
             info = self.engines.get(eid)
             if info is None or info.state not in ("ready", "draining"):
                 return
+            self.losses += info.state == "ready"  # a draining one was going anyway
             info.state = "leaving"
         self._events.emit(Topic.ENGINES)
 

@@ -74,6 +74,24 @@ class Scaler:
                     self.scale(max(before, len(self.fleet.ready())), wait=False)
                 raise
 
+    def lend(self, lost: int) -> None:
+        """``lost`` engines went on their own: start as many fresh slots above the target
+        now (:mod:`.surge`). The platform brings the lost slots back later; the surge then
+        scales to the target again, draining the lent slots. At most ``target`` slots are
+        lent, so engines that keep dying do not grow the fleet without bound; a resize
+        under way decides alone."""
+        with self._lock:
+            if (self._scaling is not None and not self._scaling.done()) or self._parked:
+                return
+            fleet = self.fleet
+            extra = min(lost, fleet.target - fleet.borrowed)
+            if extra <= 0:
+                return
+            fleet.borrowed += extra
+            fut = self._scaling = self._loop.submit(self._launcher().scale(fleet.target
+                                                                           + fleet.borrowed))
+            fut.add_done_callback(self._scale_done)
+
     def _scale_done(self, fut: Any) -> None:
         exc = fut.exception()
         if exc is not None:

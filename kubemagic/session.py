@@ -32,6 +32,7 @@ from .replay import Entry, ReplayLog
 from .resume import ResultCache, plan
 from .serialize import set_remote_names, use_notebook_pickler
 from .scaling import Scaler
+from .surge import Surge
 from .teardown import Teardown, uninterrupted
 
 
@@ -81,8 +82,7 @@ class KubeCluster:
         self.options = options
         self.retries = self.spec.default_retries if retries is None else retries
         self.start_timeout = start_timeout or self.spec.start_timeout
-        self.idle_timeout = (self.spec.default_idle_timeout if idle_timeout is None
-                             else idle_timeout)
+        self.idle_timeout = self.spec.default_idle_timeout if idle_timeout is None else idle_timeout
         self.last_error = ""
         self.cluster_id = f"km-{uuid.uuid4().hex[:8]}"
         self.state = "created"  # created -> starting -> running -> stopped (or failed)
@@ -103,6 +103,8 @@ class KubeCluster:
         self.controller = controller.Controller(self.spec, self.cluster_id, self._loop)
         self.recovery = Recovery(self.fleet, lambda: self.launcher)  # engines maps left busy
         Reaper(self.fleet, self.recovery, self._events)  # engines dropped while still running
+        if self.spec.surge_lost_engines:  # a fresh slot until the platform replaces a lost one
+            Surge(self.scaler, self._events, self._loop, lambda: self.state == "running")
         self._teardown = Teardown(self, self.fleet, self.controller, report=self._report)
         self._widget: Any = None
         lifetime.track(self)
@@ -123,15 +125,13 @@ class KubeCluster:
         if self.state == "running":
             return self
         if self.state == "stopped":
-            raise SessionError(
-                "this session was stopped", fix="create a new one (or run the magic again)"
-            )
+            raise SessionError("this session was stopped",
+                               fix="create a new one (or run the magic again)")
         self.state = "starting"
         self._events.emit(Topic.STATE)
         try:
             client = self.controller.start(self.n)
-            # notebook code travels by value (kubemagic/serialize.py); every engine
-            # switches too, in its first task (remote.joined)
+            # notebook code travels by value (serialize.py); engines switch in remote.joined
             use_notebook_pickler()
             set_remote_names(frozenset())  # nothing pushed to this session's engines yet
             self.fleet.attach(client)

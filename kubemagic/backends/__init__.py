@@ -57,6 +57,9 @@ class BackendSpec:
     #: engines run on the kernel's machine as its user, so a large push can reach them
     #: through one shared-memory file instead of a copy per engine (:mod:`..sharedpush`)
     engines_share_host: bool = False
+    #: the platform replaces a lost engine only after a backoff (an Indexed Job's), so a
+    #: fresh slot stands in for it meanwhile (:mod:`..surge`)
+    surge_lost_engines: bool = False
     #: whether CurveZMQ is on (sets IPP_ENABLE_CURVE for controller and client)
     curve: bool = False
     #: default number of retries of a chunk whose engine died

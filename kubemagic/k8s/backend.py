@@ -59,6 +59,7 @@ def kubernetes_backend(**options: Any) -> BackendSpec:
         name="kubernetes",
         default_idle_timeout=1800.0,
         engine_launcher_class=KubernetesEngineSetLauncher,
+        surge_lost_engines=True,
         config=Config({"KubernetesEngineSetLauncher": launcher_config}),
         controller_ip="0.0.0.0",
         controller_location=address,

@@ -29,6 +29,8 @@ from typing import Any, Callable
 import ipyparallel as ipp
 import pytest
 
+from tests.k8s.helpers import wait_until
+
 from ._support import (
     NOTHING,
     admin,
@@ -156,6 +158,7 @@ def _lose_one_engine_mid_map(k8s_cluster, fleet: Fleet, kill: Callable[..., None
         10, "an engine with chunks in flight")
     pod = next(name for name, idx in before.items() if idx == victim.index)
     try:
+        lost_wall = time.time()  # EngineInfo.joined is wall-clock time
         kill(k8s_cluster, fleet, victim.id, pod)
     except BaseException:
         handle.cancel()  # leave the fleet idle for the next test
@@ -185,6 +188,30 @@ def _lose_one_engine_mid_map(k8s_cluster, fleet: Fleet, kill: Callable[..., None
                      and not p.metadata.deletion_timestamp), None)
 
     new_pod = wait_for(replacement, 90, f"a replacement pod for slot {victim.index}")
+    # a fresh slot (index 2) stood in for the lost one, joining before the Job's
+    # replacement (kubemagic/surge.py); it is given back once the lost slot is back: the
+    # fleet is slots 0 and 1 again, on the Job's pods 0 and 1
+    def joined_since(index: int) -> list[float]:
+        return sorted(e.joined for e in list(s.fleet.engines.values())
+                      if e.index == index and e.joined >= lost_wall)
+    wait_for(lambda: joined_since(victim.index), 90, "the replacement engine joined")
+    lent = joined_since(2)
+    assert lent and lent[0] < joined_since(victim.index)[0], \
+        "no fresh slot stood in for the lost engine before the Job replaced it"
+
+    def pods() -> list[tuple[int, str]]:
+        return sorted((pod_index(p), p.status.phase)
+                      for p in engine_pods(k8s_cluster, fleet.namespace, s.cluster_id))
+
+    def given_back() -> bool:
+        return sorted(e.index for e in s.live_engines()) == [0, 1] and [
+            i for i, phase in pods() if phase in ("Pending", "Running")] == [0, 1]
+    assert wait_until(given_back, 90, 0.1), (
+        f"the lent slot was not given back within 90 s: target {s.fleet.target}, lent "
+        f"{s.fleet.borrowed}, engines {[(e.id, e.index, e.state) for e in s.live_engines()]}, "
+        f"pods {pods()}")
+    print(f"a fresh slot joined {lent[0] - lost_wall:.1f} s after the loss, the Job's "
+          f"replacement {joined_since(victim.index)[0] - lost_wall:.1f} s after it")
     # ... whose engine joined and got the replayed push and import before any task
     wait_for(lambda: len(s.ready_ids()) == 2 and victim.id not in s.ready_ids(), 90,
              "the replacement engine registered")
