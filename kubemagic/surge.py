@@ -5,9 +5,9 @@ then 20 s, ...), so a map on 2 engines that loses one runs on one for that long:
 on a 400 x 50 ms map. A new index has no backoff. So when an engine goes on its own
 (its pod deleted, evicted, or its node lost; see :attr:`.Fleet.losses`), the fleet is
 scaled to ``target + lost`` at once: the fresh slot takes the lost one's share of the
-work about a pod start later. Once the platform has brought the lost slot back (the
-fleet has ``target + borrowed`` ready engines), the fleet scales to its target again,
-which drains the lent slots (they finish the chunks they hold; nothing is lost or rerun).
+work about a pod start later. Once the platform has brought the lost slot back (every
+slot below the target has a ready engine), the fleet scales to its target again, which
+drains the lent slots (they finish the chunks they hold; nothing is lost or rerun).
 
 Only for backends whose platform replaces lost engines late (``BackendSpec.
 surge_lost_engines``): the local launcher restarts a dead engine at once.
@@ -53,5 +53,7 @@ class Surge:
             return
         if lost > 0:
             self._scaler.lend(lost)
-        elif fleet.borrowed and len(fleet.ready()) >= fleet.target + fleet.borrowed:
-            self._scaler.scale(fleet.target, wait=False)  # the lost slots are back
+        elif fleet.borrowed and len({e.index for e in fleet.live() if e.state == "ready"
+                                     and 0 <= e.index < fleet.target}) == fleet.target:
+            # the lost slots are back (a lent slot that never started is given back too)
+            self._scaler.scale(fleet.target, wait=False)
