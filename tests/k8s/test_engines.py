@@ -259,7 +259,10 @@ def test_without_a_running_loop_a_deleted_job_stops_the_engine_set(k8s_cluster, 
         batch.delete_namespaced_job(
             launcher.job_name, tenant.namespace, propagation_policy="Background"
         )
-        assert wait_until(lambda: launcher.poll() is not None, 60), launcher.engine_states()
-        assert stopped and "was deleted" in stopped[0]["reason"]
+        # poll() answers once stop_data is set; ipyparallel then runs the on_stop callbacks
+        # in order (the cluster's first) on the watch thread: wait for ours too
+        assert wait_until(lambda: launcher.poll() is not None and stopped, 60), \
+            (launcher.poll(), stopped, launcher.engine_states())
+        assert "was deleted" in stopped[0]["reason"]
     finally:
         cluster.stop_cluster_sync()
