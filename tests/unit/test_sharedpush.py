@@ -12,8 +12,6 @@ import pytest
 from kubemagic import sharedpush
 from kubemagic.sharedpush import SharedPush
 
-pytestmark = pytest.mark.skipif(not sharedpush.SHM_DIR.is_dir(), reason="no /dev/shm here")
-
 
 @pytest.fixture
 def engine_ns(monkeypatch):
