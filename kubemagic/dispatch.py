@@ -182,6 +182,14 @@ class MapHandle:
                     starved_since = None
                 elif starved_since is None:
                     starved_since = time.monotonic()
+                elif (why := self.recovery.stopped()) is not None:
+                    run.fail(StartupError(
+                        f"the engines stopped ({why}) with {run.done} of {run.total} "
+                        "items done",
+                        fix="see %kubemap logs and %kubemap status for why; to go on, "
+                        "%kubemap stop (or session.stop()) and run the cell again: a new "
+                        "fleet starts"))
+                    break
                 elif time.monotonic() - starved_since > self.starve_timeout:
                     run.fail(StartupError(
                         f"no engine has been available for {self.starve_timeout:.0f} s "

@@ -75,6 +75,18 @@ class Recovery:
                 return death
             time.sleep(0.1)
 
+    def stopped(self) -> str | None:
+        """Why the backend ended the whole engine set (a failed or deleted Job, every
+        local engine gone), or None while it runs: a map left without engines then fails
+        at once with the reason, instead of waiting for engines that cannot come."""
+        launcher = self._safe_launcher()
+        if launcher is None:
+            return "the session stopped"
+        if getattr(launcher, "state", "running") != "after":
+            return None
+        reason = (getattr(launcher, "stop_data", None) or {}).get("reason")
+        return str(reason) if reason else "the engines exited"
+
     def release(self, busy: list[Busy], number: Callable[[int], int], when: str) -> list[str]:
         """Free the engines still running ``busy`` chunks of a map that ended (``when``:
         "after the timeout", ...); ``number`` gives the user's number of an item index.

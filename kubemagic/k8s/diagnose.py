@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .manifests import EXIT_CONTROLLER_GONE, EXIT_TERMINATED
+from .manifests import EXIT_CONTROLLER_GONE, EXIT_CONTROLLER_SILENT, EXIT_TERMINATED
 from .podstate import PodState, job_end, pod_state, slot_states
 
 #: Engine log lines that show how far registration got (ipyparallel 9.2 wording).
@@ -67,6 +67,10 @@ def hint(state: PodState, controller_url: str = "") -> str:
         return next(fix for phrase, fix in _SCHEDULING_FIXES if phrase in state.message)
     if state.exit_code == EXIT_CONTROLLER_GONE:
         return unreachable(controller_url)
+    if state.exit_code == EXIT_CONTROLLER_SILENT:
+        return ("the engine lost touch with a controller that still answered (a lost "
+                "packet, a machine too busy); the Job replaced it. If it repeats, check "
+                "the network between pods and the kernel, or start fewer engines")
     if state.exit_code == EXIT_TERMINATED:
         return ""  # stopped on purpose (deleted, evicted, scaled away): nothing to fix
     if state.reason in _REASON_FIXES:

@@ -9,7 +9,9 @@ A plain ``ipengine`` has two exits that hurt inside a Job:
 
 This entrypoint runs ipengine in-process and changes exactly those: losing the controller
 exits :data:`~kubemagic.k8s.manifests.EXIT_CONTROLLER_GONE` (the Job's podFailurePolicy
-fails the Job on it), and SIGTERM unregisters from the hub, then exits
+fails the Job on it) when the controller's port no longer accepts connections, else
+:data:`~kubemagic.k8s.manifests.EXIT_CONTROLLER_SILENT` (this engine alone is replaced),
+and SIGTERM unregisters from the hub, then exits
 :data:`~kubemagic.k8s.manifests.EXIT_TERMINATED` (the policy replaces the pod without
 counting a failure). The reason, with the last log lines, goes to the pod's termination
 message, so it survives the pod for diagnostics.
@@ -36,6 +38,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -49,6 +52,7 @@ from traitlets import Bool, Float, default
 from .. import remote
 from .manifests import (
     EXIT_CONTROLLER_GONE,
+    EXIT_CONTROLLER_SILENT,
     EXIT_TERMINATED,
     GRACE_ENV,
     POD_NAME_ENV,
@@ -65,6 +69,9 @@ LEAVE_SETTLE_S = 0.5
 LEAVE_MARGIN_S = 2.0
 #: The grace period assumed when the pod does not say (Kubernetes' own default).
 DEFAULT_GRACE_S = 30.0
+#: how long a lost engine waits for the controller's port to accept a connection before
+#: it calls the controller gone (seconds)
+CONTROLLER_CHECK_S = 3.0
 
 
 class _RecentLines(logging.Handler):
@@ -152,25 +159,33 @@ class KubernetesEngine(IPEngine):
         self.log.addHandler(self._recent)
 
     def abort(self) -> None:
-        """Registration timed out: the controller is unreachable from this pod."""
-        self._leave(
-            EXIT_CONTROLLER_GONE,
-            f"no registration reply from the controller at {self.registration_url} within "
-            f"{self.timeout:.0f} s: the controller is unreachable from this pod",
-            unregister=False,
-        )
+        """Registration timed out: the controller is gone or unreachable from this pod,
+        unless it still accepts connections (see :meth:`_lost_controller`)."""
+        self._lost_controller(f"no registration reply from the controller at "
+                              f"{self.registration_url} within {self.timeout:.0f} s")
 
     def _hb_monitor(self) -> None:
         super()._hb_monitor()
         if self.max_heartbeat_misses and self._hb_missed_beats >= self.max_heartbeat_misses:
             # ipengine has just asked its loop to stop (exit code 1, like a crash); leave
-            # first, with the code that tells the Job its controller is gone.
-            self._leave(
-                EXIT_CONTROLLER_GONE,
+            # first, with the code that tells the Job what happened
+            self._lost_controller(
                 f"the controller at {self.registration_url} stopped sending heartbeats "
-                f"({self.max_heartbeat_misses} checks of {self.hb_check_period} ms missed)",
-                unregister=False,
-            )
+                f"({self.max_heartbeat_misses} checks of {self.hb_check_period} ms missed)")
+
+    def _lost_controller(self, what: str) -> NoReturn:
+        """Leave after losing the controller. The exit code fails the whole Job, so it is
+        checked first: a controller whose port still accepts a connection is alive (a
+        lost packet, a controller slow under load), and only this engine gives up, with
+        a code the Job replaces; one that refuses or does not answer is gone (its kernel
+        died) or unreachable (a NetworkPolicy), and the Job fails at once."""
+        if controller_answers(self.registration_url):
+            self._leave(EXIT_CONTROLLER_SILENT,
+                        f"{what}, although it accepts connections: this engine leaves, the "
+                        "Job starts another", unregister=True)
+        self._leave(EXIT_CONTROLLER_GONE,
+                    f"{what}: the controller is gone or unreachable from this pod",
+                    unregister=False)
 
     def _counted(self, handler: Callable[..., None], stream: Any, ident: Any,
                  parent: dict[str, Any]) -> None:
@@ -257,6 +272,18 @@ class KubernetesEngine(IPEngine):
             tracker.wait(1.0)
         except Exception as e:  # best effort: the hub falls back to missed heartbeats
             self.log.warning("could not unregister: %r", e)
+
+
+def controller_answers(url: str, timeout: float = CONTROLLER_CHECK_S) -> bool:
+    """Whether the controller at ``url`` (``tcp://host:port``) accepts a TCP connection
+    within ``timeout`` seconds: a refused or unanswered connection means it is gone or
+    cut off from this pod."""
+    host, _, port = url.partition("://")[2].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _grace_seconds() -> float:

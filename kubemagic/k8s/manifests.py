@@ -22,6 +22,12 @@ from .lease import first_deadline
 #: timed out). The Job's podFailurePolicy fails the whole Job on it, so engines of a dead
 #: kernel vanish in seconds instead of being recreated for minutes.
 EXIT_CONTROLLER_GONE = 17
+#: Engine exit code meaning "I lost touch with a controller that still answers": no
+#: registration reply or heartbeats, yet its port accepts a connection (a lost packet, a
+#: controller slow under load). Not FailJob: that would end every engine of a live
+#: session for one engine's trouble. Counted against the slot's backoff limit; the Job
+#: replaces the pod.
+EXIT_CONTROLLER_SILENT = 18
 #: Engine exit code after SIGTERM (pod deleted, evicted, scaled away). Non-zero on purpose:
 #: an Indexed Job counts a pod that exits 0 as its index *completed* and never replaces
 #: it; this code is Ignored by the podFailurePolicy, so the index gets a new pod without

@@ -13,8 +13,9 @@ A map's result must be exactly
 ``[i * i for i in range(N)]``: any missing or wrong index is *lost*, any index whose result
 appears twice is *duplicated*. Each execution of an item prints a line, which the map's item
 log keeps: an item returned without any execution seen is *unexecuted*, executions beyond
-the first are *re-runs* (the items of a chunk whose engine was killed run again elsewhere); a map that fails with an error instead (e.g. no engine for
-``start_timeout`` seconds) counts in ``failed_maps``, its message in ``errors``. On
+the first are *re-runs* (the items of a chunk whose engine was killed run again
+elsewhere); a map that fails with an error instead (e.g. no engine for ``start_timeout``
+seconds) counts in ``failed_maps``, its message and the fleet's state in ``errors``. On
 Kubernetes the Job replaces killed pods — after its per-index backoff, which doubles with
 each loss of a slot (10 s, 20 s, ... up to 6 min; ignored failures count too), so many
 kills on few slots eventually leave a map without engines for minutes. On local engines the
@@ -25,6 +26,8 @@ early for are carried over to the next map.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -143,6 +146,22 @@ def kubernetes_killer(process_share: float) -> Callable[[Any, random.Random], st
     return kill
 
 
+def platform_state(session: Any) -> str:
+    """What the fleet and the backend looked like when a map failed: the engines as the
+    kernel sees them, the launcher's state and stop reason, and its diagnosis (for a Job:
+    its status, each pod's phase and exit), so a failure in CI says why."""
+    launcher = session.launcher
+    engines = ", ".join(f"{e.id}:slot {e.index} {e.state}" for e in session.fleet.live())
+    lines = [f"fleet: target {session.fleet.target}, borrowed {session.fleet.borrowed}, "
+             f"engines [{engines}]",
+             f"launcher: {launcher.state} {getattr(launcher, 'stop_data', None) or ''}"]
+    try:
+        lines.append(session._loop.run(launcher.diagnose(), timeout=30))
+    except Exception as e:  # noqa: BLE001 - the state above is still worth printing
+        lines.append(f"(no diagnosis: {type(e).__name__}: {e})")
+    return "\n".join(lines)
+
+
 def run(maps: int, kills: int, n_items: int, backend: str, seed: int,
         options: dict[str, Any], log: Callable[[str], None] = print, *,
         engines: int = 2, process_kill_share: float = 1 / 3) -> dict[str, Any]:
@@ -176,7 +195,10 @@ def run(maps: int, kills: int, n_items: int, backend: str, seed: int,
             start = time.monotonic()
             t.start()
             try:
-                results = handle.result()
+                # the items' own lines stay in the map's log (counted below), not on the
+                # terminal: 300 lines per map would bury the run's summary and any failure
+                with contextlib.redirect_stdout(io.StringIO()):
+                    results = handle.result()
             except KubemagicError as e:  # the map failed, loudly: counted apart
                 results, error = None, e
             t.join()
@@ -192,9 +214,10 @@ def run(maps: int, kills: int, n_items: int, backend: str, seed: int,
                 kinds[kind] = kinds.get(kind, 0) + 1
             if results is None:
                 totals["failed_maps"] += 1
-                totals["errors"].append(f"map {m + 1}: {error.message}")
+                state = platform_state(session)
+                totals["errors"].append(f"map {m + 1}: {error.message}\n{state}")
                 log(f"map {m + 1}/{maps}: {len(done_kills)} kill(s) {done_kills}, FAILED after "
-                    f"{elapsed:.1f} s: {error.message}")
+                    f"{elapsed:.1f} s: {error.message}\n{state}")
                 continue
             seen: dict[int, int] = {}
             for idx, sq in results:

@@ -1,24 +1,34 @@
 """The engine pods' entrypoint, run as real processes against a real local controller.
 
 Exit codes are the contract with the Job's podFailurePolicy: SIGTERM → 143 after
-unregistering (the hub drops the engine at once), lost or unreachable controller → 17.
+unregistering (the hub drops the engine at once), lost or unreachable controller → 17,
+a controller that stops answering while its port still accepts connections → 18.
 Signals reach the engine through the controller (:mod:`kubemagic.k8s.relay`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import ipyparallel as ipp
+import psutil
 import pytest
 
-from kubemagic.k8s.manifests import EXIT_CONTROLLER_GONE, EXIT_TERMINATED, REGISTERED_MARK
+from kubemagic.k8s.engine import controller_answers
+from kubemagic.k8s.manifests import (
+    EXIT_CONTROLLER_GONE,
+    EXIT_CONTROLLER_SILENT,
+    EXIT_TERMINATED,
+    REGISTERED_MARK,
+)
 from kubemagic.k8s.relay import send_signal
 
 
@@ -91,6 +101,59 @@ def test_unreachable_controller_exits_17(controller):
         assert time.monotonic() - t0 < 15
     finally:
         proc.kill()
+
+
+def _stalled(cluster):
+    """The controller's process stopped (SIGSTOP), as one starved of CPU: its ports still
+    accept connections (the kernel queues them), but it answers nothing."""
+    main = psutil.Process(cluster.controller.process.pid)
+    procs = [main, *main.children(recursive=True)]  # its heart monitor and schedulers too
+    for p in procs:
+        p.suspend()
+
+    def resume() -> None:
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.resume()
+
+    return resume
+
+
+def test_a_live_controller_that_stops_answering_replaces_only_the_engine(controller):
+    """Heartbeats stop but the controller's port answers: exit 18 (the Job replaces this
+    pod), not 17 (which fails the whole Job and every other engine with it)."""
+    cluster, client, env, _ = controller
+    proc = _engine(env, "--IPEngine.max_heartbeat_misses=3")
+    try:
+        client.wait_for_engines(1, timeout=60)
+        resume = _stalled(cluster)
+        try:
+            assert proc.wait(30) == EXIT_CONTROLLER_SILENT
+        finally:
+            resume()
+    finally:
+        proc.kill()
+
+
+def test_no_registration_reply_from_a_live_controller_exits_18(controller):
+    cluster, _, env, _ = controller
+    resume = _stalled(cluster)
+    try:
+        proc = _engine(env, "--IPEngine.timeout=1")
+        try:
+            assert proc.wait(30) == EXIT_CONTROLLER_SILENT
+        finally:
+            proc.kill()
+    finally:
+        resume()
+
+
+def test_controller_answers_tells_a_listening_port_from_a_closed_one():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        assert controller_answers(f"tcp://127.0.0.1:{port}", timeout=2)
+    assert not controller_answers(f"tcp://127.0.0.1:{port}", timeout=2)  # closed: refused
+    assert not controller_answers("tcp://127.0.0.1:notaport", timeout=2)
 
 
 @ipp.interactive  # pickled by value: the engine runs it without importing the tests
