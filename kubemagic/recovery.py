@@ -76,9 +76,9 @@ class Recovery:
             time.sleep(0.1)
 
     def stopped(self) -> str | None:
-        """Why the backend ended the whole engine set (a failed or deleted Job, every
-        local engine gone), or None while it runs: a map left without engines then fails
-        at once with the reason, instead of waiting for engines that cannot come."""
+        """Why the backend ended the whole engine set (a Job that failed or was deleted),
+        or None while it runs: a map left without engines then fails at once with the
+        reason, instead of waiting for engines that cannot come."""
         launcher = self._safe_launcher()
         if launcher is None:
             return "the session stopped"
