@@ -82,9 +82,9 @@ class Recovery:
         launcher = self._safe_launcher()
         if launcher is None:
             return "the session stopped"
-        if getattr(launcher, "state", "running") != "after":
+        if launcher.state != "after":  # ipyparallel's launcher states, as startup.py reads them
             return None
-        reason = (getattr(launcher, "stop_data", None) or {}).get("reason")
+        reason = (launcher.stop_data or {}).get("reason")
         return str(reason) if reason else "the engines exited"
 
     def release(self, busy: list[Busy], number: Callable[[int], int], when: str) -> list[str]:
