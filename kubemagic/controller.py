@@ -73,6 +73,11 @@ def make_cluster(spec: BackendSpec, cluster_id: str, n: int, profile_dir: str) -
             # no result store: kubemagic keeps results itself, and the default
             # in-memory DB holds a copy of every push (~200 MB per 100 MB pushed)
             "--IPController.db_class=NoDB",
+            # one broadcast scheduler instead of a root and two leaves: each scheduler hop
+            # copies (and with CurveZMQ re-encrypts) every pushed buffer; 100 MB to 2 engines
+            # through the socket went from 238 to 413 MB/s per engine (CurveZMQ: 68 to 115),
+            # to 16 engines 1.14x faster (bench/results/push_depth_2026-11-30.md)
+            "--IPController.broadcast_scheduler_depth=0",
             f"--HeartMonitor.period={HEARTBEAT_MS}",
             f"--HeartMonitor.max_heartmonitor_misses={HEARTMONITOR_MISSES}",
             *spec.controller_args,
