@@ -49,7 +49,7 @@ def _kind(pid: int) -> str:
         cmd = f.read()
     if b"ipyparallel.engine" in cmd or b"IPEngine" in cmd:
         return "engines"
-    if b"ipyparallel.controller" in cmd:
+    if b"ipyparallel.controller" in cmd or b"kubemagic._controller" in cmd:
         return "controller"
     return "other"
 

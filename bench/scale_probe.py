@@ -272,24 +272,16 @@ def dispatch(n: int) -> dict[str, Any]:
 
 
 # -- CurveZMQ -----------------------------------------------------------------------------------
-#: the controller command with ``{n}`` ZeroMQ I/O threads (libzmq's default is one, and
-#: CurveZMQ encrypts and decrypts on the I/O threads)
-_IO_THREADS_CONTROLLER = ("import sys, zmq; zmq.Context.instance().set(zmq.IO_THREADS, {n}); "
-                          "from kubemagic._guard import main; main()")
-
-
 def curve(n: int = 2, io_threads: int = 1, nbytes: int = 100 * 10**6) -> dict[str, Any]:
     """CPU by process of a 100 MB push to ``n`` engines with CurveZMQ: session.push (one
     message per engine through the controller) and BroadcastView (one to the controller);
-    with ``io_threads`` > 1 the controller's ZeroMQ context gets that many I/O threads."""
+    the controller's ZeroMQ context gets at most ``io_threads`` I/O threads (CurveZMQ
+    encrypts and decrypts on them)."""
     import numpy as np
 
     from kubemagic import controller
 
-    if io_threads > 1:
-        controller._GUARDED_CONTROLLER_CMD = [
-            sys.executable, "-c", _IO_THREADS_CONTROLLER.format(n=io_threads),
-            "ipyparallel.controller"]
+    controller.MAX_IO_THREADS = io_threads  # min(this, cores)
     arr = np.random.default_rng(0).random(nbytes // 8)
     os.environ["IPP_ENABLE_CURVE"] = "1"
     c = _session(n)

@@ -22,6 +22,8 @@ import time
 
 PR_SET_PDEATHSIG = 1
 PARENT_PID_ENV = "KUBEMAGIC_PARENT_PID"
+#: ZeroMQ I/O threads of the controller process (set by the kernel, read by _controller.py)
+IO_THREADS_ENV = "KUBEMAGIC_ZMQ_IO_THREADS"
 
 
 def _set_pdeathsig() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import ipyparallel as ipp
 from traitlets.config import Config
 
-from ._guard import PARENT_PID_ENV
+from ._guard import IO_THREADS_ENV, PARENT_PID_ENV
 from ._loop import LoopThread
 from .backends import BackendSpec
 from .errors import SessionError
@@ -38,14 +38,22 @@ ENGINE_HEARTBEAT_MISSES = 10
 #: how long the controller may take to drop an engine that was shut down or killed
 UNREGISTER_S = HEARTBEAT_MS * HEARTMONITOR_MISSES / 1000 + 5
 
-_GUARDED_CONTROLLER_CMD = [sys.executable, "-m", "kubemagic._guard", "ipyparallel.controller"]
+#: at most this many ZeroMQ I/O threads in the controller (one per core up to it): with
+#: CurveZMQ they encrypt the engines' copies of a push in parallel; a 100 MB push to 16
+#: engines took 3.85 s instead of 4.49 s with 2 on a 2-core machine where the engines
+#: decrypt on the same cores (bench/results/push_controller_2026-11-30.md)
+MAX_IO_THREADS = 4
+
+#: ipyparallel's controller, tied to the kernel's life, with kubemagic's two changes
+_GUARDED_CONTROLLER_CMD = [sys.executable, "-m", "kubemagic._guard", "kubemagic._controller"]
 
 
 def make_cluster(spec: BackendSpec, cluster_id: str, n: int, profile_dir: str) -> ipp.Cluster:
     """The ipyparallel Cluster for ``spec`` (nothing started yet)."""
     # the controller's own environment only: setting these in the kernel's would leak
     # into every later session and plain ipyparallel cluster of this kernel
-    controller_env = {PARENT_PID_ENV: str(os.getpid())}
+    controller_env = {PARENT_PID_ENV: str(os.getpid()),
+                      IO_THREADS_ENV: str(min(MAX_IO_THREADS, len(os.sched_getaffinity(0))))}
     if spec.curve:
         controller_env["IPP_ENABLE_CURVE"] = "1"
     config: dict[str, Any] = {
@@ -75,8 +83,8 @@ def make_cluster(spec: BackendSpec, cluster_id: str, n: int, profile_dir: str) -
             "--IPController.db_class=NoDB",
             # one broadcast scheduler instead of a root and two leaves: each scheduler hop
             # copies (and with CurveZMQ re-encrypts) every pushed buffer; 100 MB to 2 engines
-            # through the socket went from 238 to 413 MB/s per engine (CurveZMQ: 68 to 115),
-            # to 16 engines 1.14x faster (bench/results/push_depth_2026-11-30.md)
+            # through the socket went from 255 to 397 MB/s per engine (CurveZMQ: 66 to 113),
+            # to 16 engines 1.12x faster (bench/results/push_controller_2026-11-30.md)
             "--IPController.broadcast_scheduler_depth=0",
             f"--HeartMonitor.period={HEARTBEAT_MS}",
             f"--HeartMonitor.max_heartmonitor_misses={HEARTMONITOR_MISSES}",

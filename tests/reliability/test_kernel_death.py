@@ -68,7 +68,7 @@ def controller_processes(cluster_id: str) -> list[Any]:
     found = []
     for p in processes_of(cluster_id):
         try:
-            if "ipyparallel.controller" in " ".join(p.cmdline()):
+            if "kubemagic._controller" in " ".join(p.cmdline()):
                 found.append(p)
         except Exception:  # noqa: BLE001 - it exited meanwhile
             pass

@@ -1,18 +1,21 @@
-"""A 100 MB push through the controller's socket (as to pods), by broadcast-tree depth.
+"""A 100 MB push through the controller's socket (as to pods), by controller configuration.
 
 Why: ipyparallel's broadcast scheduler is a tree (depth 1 by default: a root and two
 leaves), and every scheduler hop copies the pushed buffers, and with CurveZMQ decrypts and
-re-encrypts them. This measures kubemagic's push with the depth it ships (0: one
-scheduler) against ipyparallel's default, plain and with CurveZMQ, to 2 and 16 local
-engines, alternating the configurations within each repeat.
+re-encrypts them; and its controller has libzmq's one I/O thread, which encrypts the
+engines' copies one after the other. This measures kubemagic's push with its own
+controller settings (depth 0: one scheduler; an I/O thread per core, up to 4) against
+ipyparallel's (depth 1, one I/O thread) and depth 0 alone, plain and with CurveZMQ, to 2
+and 16 local engines, alternating the configurations within each repeat.
 
-    python bench/push_depth.py --json results/push_depth.json [--repeats 3]
+    python bench/push_controller.py --json results/push_controller.json [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -22,30 +25,36 @@ from typing import Any
 import numpy as np
 
 import kubemagic.controller as controller
+from kubemagic._guard import IO_THREADS_ENV
 import scale_bench
 
 PUSH_BYTES = scale_bench.PUSH_BYTES
 
 
 _MAKE_CLUSTER = controller.make_cluster
-_depth = {"value": 0}
+#: name -> (broadcast tree depth, controller I/O threads or None for kubemagic's own)
+CONFIGS = {"depth1_io1": (1, 1), "depth0_io1": (0, 1), "kubemagic": (0, None)}
+_config = {"value": CONFIGS["kubemagic"]}
 
 
 def _make_cluster(spec: Any, *args: Any, **kwargs: Any) -> Any:
-    """kubemagic's cluster, with the broadcast tree depth under test instead of its own."""
+    """kubemagic's cluster, with the controller configuration under test instead of its own."""
     cluster = _MAKE_CLUSTER(spec, *args, **kwargs)
+    depth, io_threads = _config["value"]
     flag = "--IPController.broadcast_scheduler_depth="
     cluster.controller_args = [*(a for a in cluster.controller_args if not a.startswith(flag)),
-                               f"{flag}{_depth['value']}"]
+                               f"{flag}{depth}"]
+    if io_threads is not None:
+        cluster.config.LocalControllerLauncher.environment[IO_THREADS_ENV] = str(io_threads)
     return cluster
 
 
 controller.make_cluster = _make_cluster
 
 
-def push_seconds(n: int, curve: bool, depth: int, arr: np.ndarray) -> float:
+def push_seconds(n: int, curve: bool, config: str, arr: np.ndarray) -> float:
     """Seconds until all ``n`` engines hold ``arr``, checked by its sum on every engine."""
-    _depth["value"] = depth
+    _config["value"] = CONFIGS[config]
     with scale_bench.session(n, curve=curve) as c:
         c.fleet.same_host = False  # the socket, as to pods
         if scale_bench._curve_on(c) != curve:
@@ -69,16 +78,20 @@ def main() -> None:
     for rep in range(args.repeats):
         for n in (2, 16):
             for curve in (False, True):
-                for depth in (1, 0) if rep % 2 == 0 else (0, 1):
-                    key = f"n{n}_{'curve' if curve else 'plain'}_depth{depth}_s"
-                    dt = push_seconds(n, curve, depth, arr)
+                for config in list(CONFIGS)[::1 if rep % 2 == 0 else -1]:
+                    key = f"n{n}_{'curve' if curve else 'plain'}_{config}_s"
+                    dt = push_seconds(n, curve, config, arr)
                     samples.setdefault(key, []).append(round(dt, 3))
                     print(key, round(dt, 3), file=sys.stderr, flush=True)
     medians = {k: statistics.median(v) for k, v in samples.items()}
-    out = {"push_depth_s": medians, "samples": samples,
+    out = {"push_s": medians, "samples": samples,
            "mb_s_per_engine": {k: round(PUSH_BYTES / 1e6 / v) for k, v in medians.items()},
            "metadata": {"push_bytes": PUSH_BYTES, "repeats": args.repeats,
-                        "statistic": "median over repeats"}}
+                        "statistic": "median over repeats",
+                        "kubemagic_io_threads": min(controller.MAX_IO_THREADS,
+                                                    len(os.sched_getaffinity(0))),
+                        "configs": {k: {"broadcast_scheduler_depth": d, "io_threads": t}
+                                    for k, (d, t) in CONFIGS.items()}}}
     Path(args.json).write_text(json.dumps(out, indent=1))
 
 
