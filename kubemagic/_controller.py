@@ -1,7 +1,9 @@
 """The controller process of a session: ipyparallel's ``IPController`` with two changes.
 
 ``python -m kubemagic._guard kubemagic._controller [ipcontroller arguments]``; everything
-else (arguments, config, connection files) is ipyparallel's own.
+else (arguments, config, connection files) is ipyparallel's own, and the kernel's settings
+arrive as arguments (``kubemagic.controller.make_cluster``: one broadcast scheduler, the
+heartbeat).
 
 * **ZeroMQ I/O threads** (``$KUBEMAGIC_ZMQ_IO_THREADS``, set by the kernel): the threaded
   schedulers share ``zmq.Context.instance()``, created here before ipyparallel asks for it

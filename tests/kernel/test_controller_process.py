@@ -20,7 +20,8 @@ def test_the_pause_is_skipped_only_inside_the_block() -> None:
     assert app.time is time
 
 
-def _controller_process(s: kubemagic.KubeCluster) -> psutil.Process:
+def _controller_process() -> psutil.Process:
+    """The session's controller: this process's child (its forked helpers are its own)."""
     (proc,) = [p for p in psutil.Process().children(recursive=True)
                if "kubemagic._controller" in " ".join(p.cmdline())
                and p.ppid() == psutil.Process().pid]
@@ -44,7 +45,7 @@ def test_controller_has_the_io_threads_the_kernel_sets(monkeypatch, cap: int) ->
     s = kubemagic.KubeCluster(n=1, backend="local")
     s.start()
     try:
-        assert _zmq_io_threads(_controller_process(s)) == [f"ZMQbg/IO/{i}" for i in range(want)]
+        assert _zmq_io_threads(_controller_process()) == [f"ZMQbg/IO/{i}" for i in range(want)]
         assert s.map(lambda x: x * 2, range(10), progress=False) == [x * 2 for x in range(10)]
     finally:
         s.stop()
