@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -88,8 +87,7 @@ def main() -> None:
            "mb_s_per_engine": {k: round(PUSH_BYTES / 1e6 / v) for k, v in medians.items()},
            "metadata": {"push_bytes": PUSH_BYTES, "repeats": args.repeats,
                         "statistic": "median over repeats",
-                        "kubemagic_io_threads": min(controller.MAX_IO_THREADS,
-                                                    len(os.sched_getaffinity(0))),
+                        "kubemagic_io_threads": controller.io_threads(),
                         "configs": {k: {"broadcast_scheduler_depth": d, "io_threads": t}
                                     for k, (d, t) in CONFIGS.items()}}}
     Path(args.json).write_text(json.dumps(out, indent=1))

@@ -44,6 +44,11 @@ UNREGISTER_S = HEARTBEAT_MS * HEARTMONITOR_MISSES / 1000 + 5
 #: decrypt on the same cores (bench/results/push_controller_2026-11-30.md)
 MAX_IO_THREADS = 4
 
+
+def io_threads() -> int:
+    """ZeroMQ I/O threads for this kernel's controller: one per usable core, at most 4."""
+    return min(MAX_IO_THREADS, len(os.sched_getaffinity(0)))
+
 #: ipyparallel's controller, tied to the kernel's life, with kubemagic's two changes
 _GUARDED_CONTROLLER_CMD = [sys.executable, "-m", "kubemagic._guard", "kubemagic._controller"]
 
@@ -53,7 +58,7 @@ def make_cluster(spec: BackendSpec, cluster_id: str, n: int, profile_dir: str) -
     # the controller's own environment only: setting these in the kernel's would leak
     # into every later session and plain ipyparallel cluster of this kernel
     controller_env = {PARENT_PID_ENV: str(os.getpid()),
-                      IO_THREADS_ENV: str(min(MAX_IO_THREADS, len(os.sched_getaffinity(0))))}
+                      IO_THREADS_ENV: str(io_threads())}
     if spec.curve:
         controller_env["IPP_ENABLE_CURVE"] = "1"
     config: dict[str, Any] = {
